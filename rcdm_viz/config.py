@@ -1,0 +1,314 @@
+"""Every default of rcdm-viz, in one typed place.
+
+Defaults follow the papers (E/N = Expand or Narrow, GR = Guillotine Regularization, RCDM = Bordes et al.
+2022). YAML presets in ``configs/`` hold only differences from these; ``--set a.b=c`` overrides a single
+field. Unknown keys and values of the wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rcdm_viz.errors import RcdmVizError
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class DataSource(StrEnum):
+    """Where training images come from."""
+
+    SYNTHETIC = "synthetic"
+
+
+class Method(StrEnum):
+    """SSL methods (see ``rcdm_viz.ssl.methods`` for the registry)."""
+
+    SIMCLR = "simclr"
+    VICREG = "vicreg"
+
+
+class Precision(StrEnum):
+    """Autocast precision. fp16 autocast is a no-op on CPU in accelerate, so bf16 is what is offered."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+    @property
+    def accelerate_name(self) -> str:
+        """The name accelerate's ``mixed_precision`` uses."""
+        return "no" if self is Precision.FP32 else self.value
+
+
+class SamplerName(StrEnum):
+    """Diffusion samplers (diffusers schedulers built from the training schedule)."""
+
+    DDPM = "ddpm"
+    DDIM = "ddim"
+    DPMPP = "dpm++"
+
+
+@dataclass
+class DataConfig:
+    """Training/validation images."""
+
+    source: DataSource = DataSource.SYNTHETIC  # the embedded synthetic scenes need no download
+    resolution: int = 64  # image side in pixels the encoder sees
+    n_train: int = 50_000  # number of training images
+    n_val: int = 5_000  # number of validation images (probes, held-out samples)
+    seed: int = 0  # dataset seed: image i is a pure function of (seed, split, i, resolution)
+
+
+@dataclass
+class EncoderConfig:
+    """Trunk + projector (DESIGN.md "Widened trunk", "Projector")."""
+
+    arch: str = "resnet50"  # resnet50 (papers) or resnet18 (small CPU trunk)
+    width: int = 2048  # D, channels of the trunk's last block (E/N: 512 .. 32768)
+    head: str = "8192-8192-8192"  # projector dims (E/N, VICReg); "linear:K" or "none" also accepted
+    base_width: int = 64  # width of the first stage; 64 = torchvision, smaller for CPU work
+    small_input: bool = False  # CIFAR-style stem (3x3 conv, no max-pool) for 32-64 px inputs
+
+
+@dataclass
+class ViewsConfig:
+    """SSL augmentations (SimCLR/BYOL/VICReg recipe; E/N: crop, flip, colour jitter, grayscale, solarize)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop area range
+    flip_p: float = 0.5  # horizontal flip probability
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
+    jitter_p: float = 0.8  # probability of colour jitter
+    gray_p: float = 0.2  # probability of grayscale
+    blur_p: tuple[float, float] = (1.0, 0.1)  # blur probability for view 1 and view 2 (BYOL/VICReg)
+    solarize_p: tuple[float, float] = (0.0, 0.2)  # solarize probability for view 1 and view 2
+
+
+@dataclass
+class SSLConfig:
+    """Encoder training (E/N appendix: batch 512, 100 epochs)."""
+
+    method: Method = Method.SIMCLR  # SSL objective
+    temperature: float = 0.15  # SimCLR temperature (E/N)
+    sim_coeff: float = 25.0  # VICReg invariance coefficient
+    std_coeff: float = 25.0  # VICReg variance coefficient
+    cov_coeff: float = 1.0  # VICReg covariance coefficient
+    batch_size: int = 512  # global batch size (images; each gives two views)
+    epochs: int = 100  # passes over the training set
+    lr: float = 1e-3  # peak AdamW learning rate after warm-up (scaled linearly with batch/256)
+    weight_decay: float = 1e-6  # AdamW weight decay (E/N SimCLR)
+    warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to 0
+    precision: Precision = Precision.FP32  # autocast dtype
+    seed: int = 0  # seed of initialisation, data order and views
+    log_every: int = 20  # steps between metrics.jsonl records
+    checkpoint_every: int = 1000  # steps between resumable checkpoints
+    keep_checkpoints: int = 2  # how many checkpoints to keep
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probes on frozen features (E/N: AdamW, lr 1e-4, wd 0.04, batch 1024, 100 epochs)."""
+
+    epochs: int = 100  # passes over the cached training features
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 0.04  # AdamW weight decay
+    batch_size: int = 1024  # probe batch size
+    n_train: int = 0  # training images for the probe (0 = all of data.n_train)
+
+
+@dataclass
+class DecoderConfig:
+    """RCDM decoder (RCDM at 128 px: 256 channels, 2 res blocks, attention 32/16/8, 1000 linear steps)."""
+
+    resolution: int = 128  # decoder image side (independent of the encoder's input size)
+    block_out_channels: tuple[int, ...] = (256, 256, 512, 768, 1024)  # ADM 128-px channel_mult 1,1,2,3,4
+    layers_per_block: int = 2  # res blocks per level
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)  # feature-map sizes that get self-attention
+    norm_num_groups: int = 32  # GroupNorm groups
+    num_train_timesteps: int = 1000  # diffusion steps
+    beta_schedule: str = "linear"  # noise schedule
+    prediction_type: str = "epsilon"  # what the UNet predicts (RCDM: epsilon)
+    p_uncond: float = 0.1  # probability of the null embedding (classifier-free guidance)
+    batch_size: int = 64  # images per step
+    steps: int = 100_000  # optimisation steps
+    lr: float = 1e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_steps: int = 500  # linear learning-rate warm-up
+    ema_decay: float = 0.9999  # EMA of the weights used for sampling
+    ema_warmup: bool = True  # diffusers EMAModel warm-up (decay ramps up), useful for short runs
+    precision: Precision = Precision.BF16  # autocast dtype (bf16 runs ~2.6x faster on this CPU class)
+    seed: int = 0  # seed of initialisation, batches, timesteps and noise
+    log_every: int = 50  # steps between metrics.jsonl records
+    checkpoint_every: int = 2000  # steps between resumable checkpoints
+    keep_checkpoints: int = 2  # how many checkpoints to keep
+    feature_batch_size: int = 256  # batch size when caching the frozen encoder's features
+
+
+@dataclass
+class SampleConfig:
+    """Sampling grids."""
+
+    n: int = 8  # samples per layer
+    sampler: SamplerName = SamplerName.DDIM  # diffusers scheduler
+    steps: int = 50  # sampling steps
+    guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional sampling, as RCDM)
+    seed: int = 0  # sample j of every row uses noise seeded by (seed, j)
+    batch_size: int = 64  # UNet batch size while sampling
+
+
+@dataclass
+class QuickstartConfig:
+    """The one-command demo on synthetic scenes."""
+
+    decoder_layers: tuple[str, ...] = ("trunk", "head1", "head2", "head3")  # one decoder each
+    n_images: int = 4  # held-out scenes sampled into grids
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading, merging, dumping
+
+
+def available_presets() -> list[str]:
+    """Names of the YAML presets shipped in ``configs/``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value.value if isinstance(value, Enum) else value)
+        except ValueError:
+            valid = ", ".join(m.value for m in tp)
+            raise RcdmVizError(f"bad value {value!r} for '{key}'; choose one of: {valid}") from None
+    if origin is tuple:
+        if isinstance(value, str | int | float):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise RcdmVizError(f"'{key}' expects a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(item_types) != len(value):
+            raise RcdmVizError(f"'{key}' expects {len(item_types)} values, got {value!r}")
+        pairs = enumerate(zip(value, item_types, strict=True))
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in pairs)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise RcdmVizError(f"'{key}' expects true/false, got {value!r}")
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)
+    raise RcdmVizError(f"'{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``obj`` with ``updates`` applied; unknown keys are errors."""
+    if not isinstance(updates, dict):
+        raise RcdmVizError(f"'{prefix.rstrip('.') or 'config'}' expects a mapping, got {updates!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    changes = {}
+    for key, value in updates.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise RcdmVizError(f"unknown config key '{full}'; valid keys here: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = _merge(current, value, f"{full}.")
+        else:
+            changes[key] = _coerce(value, hints[key], full)
+    return dataclasses.replace(obj, **changes)
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``"a.b=c"`` into ``{"a": {"b": <yaml value of c>}}``."""
+    if "=" not in text:
+        raise RcdmVizError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RcdmVizError(f"cannot read config file '{path}': {exc}") from None
+    if not isinstance(data, dict):
+        raise RcdmVizError(f"config file '{path}' must hold a mapping")
+    return data
+
+
+def preset_path(name: str) -> Path:
+    """Path of a named preset, or a YAML file given by path."""
+    as_path = Path(name)
+    if as_path.suffix in (".yaml", ".yml"):
+        if not as_path.is_file():
+            raise RcdmVizError(f"config file '{name}' does not exist")
+        return as_path
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise RcdmVizError(f"unknown preset '{name}'; available: {', '.join(available_presets())}")
+    return path
+
+
+def load_config(
+    preset: str | None = None, overrides: list[str] | None = None, base: Config | None = None
+) -> Config:
+    """Defaults (or ``base``) <- preset (name in configs/ or a YAML path) <- ``--set`` overrides."""
+    cfg = base if base is not None else Config()
+    if preset:
+        cfg = _merge(cfg, _read_yaml(preset_path(preset)))
+    for text in overrides or []:
+        cfg = _merge(cfg, parse_override(text))
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from ``to_dict`` output (e.g. a run's config.yaml); unknown keys are errors."""
+    return _merge(Config(), data)
+
+
+def to_dict(obj: Any) -> Any:
+    """A YAML/JSON-friendly dict of a config (enums as their values, tuples as lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj

@@ -1,0 +1,235 @@
+"""The encoder: input normalisation + widened ResNet trunk + projector, with every layer addressable by name.
+
+Layer names (DESIGN.md, "Layers"): ``stage1..stage3`` (pooled earlier stages, GR Figure 2), ``trunk``
+(pooled trunk output, dimension D), ``head1..headK`` (projector layers; ``headK`` is what the SSL loss sees).
+Bundles are a directory with ``config.json`` + ``model.safetensors``; nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from rcdm_viz.encoders.projector import HeadSpec, Projector, parse_head
+from rcdm_viz.encoders.resnet import STAGE_NAMES, Arch, ResNetTrunk
+from rcdm_viz.errors import RcdmVizError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+_BUNDLE_FORMAT = "rcdm_viz.encoder/1"
+_EARLY_STAGES: tuple[str, ...] = STAGE_NAMES[:-1]
+
+
+def _channel_triple(values: Sequence[float], name: str, positive: bool) -> tuple[float, float, float]:
+    try:
+        triple = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise RcdmVizError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}") from None
+    if len(triple) != 3 or (positive and min(triple) <= 0):
+        raise RcdmVizError(f"{name} must be 3 {'positive ' if positive else ''}numbers, got {values!r}")
+    return triple  # type: ignore[return-value]
+
+
+class Encoder(nn.Module):
+    """Normalisation + ResNet trunk (last block D wide) + projector; forward returns named layers.
+
+    Args:
+        arch: "resnet18" or "resnet50".
+        width: D, channels of the trunk's last block.
+        head: projector spec ("8192-8192-8192", "linear:32", "none").
+        base_width: stem channels; stage widths scale with it (64 = torchvision).
+        small_input: CIFAR-style stem for 32-64 px images.
+        mean, std: per-channel normalisation applied inside forward (inputs are in [0, 1]).
+        resolution: the image side the encoder is meant for (recorded for users of the bundle).
+    """
+
+    def __init__(
+        self,
+        arch: Arch | str = "resnet50",
+        width: int = 2048,
+        head: str | HeadSpec = "8192-8192-8192",
+        base_width: int = 64,
+        small_input: bool = False,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        resolution: int = 224,
+    ) -> None:
+        super().__init__()
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+            raise RcdmVizError(f"resolution must be a positive integer, got {resolution!r}")
+        self.head_spec = head if isinstance(head, HeadSpec) else parse_head(head)
+        self.mean = _channel_triple(mean, "mean", positive=False)
+        self.std = _channel_triple(std, "std", positive=True)
+        self.resolution = resolution
+        self.trunk = ResNetTrunk(arch, width, base_width=base_width, small_input=small_input)
+        self.projector = Projector(width, self.head_spec)
+        # Non-persistent: they follow .to(device) but stay out of the weights file (they are config).
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+
+    # ----------------------------------------------------------------------------------------- names
+    @property
+    def layer_names(self) -> list[str]:
+        """["trunk", "head1", ..., "headK"]: the layers of the guillotine, shallow to deep."""
+        return ["trunk", *self.projector.layer_names]
+
+    @property
+    def all_layer_names(self) -> list[str]:
+        """["stage1", "stage2", "stage3"] + layer_names."""
+        return [*_EARLY_STAGES, *self.layer_names]
+
+    @property
+    def layer_dims(self) -> dict[str, int]:
+        """Feature dimension of every name in ``all_layer_names``."""
+        return {**self.trunk.stage_dims, **self.projector.layer_dims}
+
+    @property
+    def embedding_layer(self) -> str:
+        """The layer the SSL loss sees (headK, or trunk when there is no projector)."""
+        return self.layer_names[-1]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``Encoder(**encoder.config)`` rebuilds the architecture."""
+        return {
+            "arch": self.trunk.arch.value,
+            "width": self.trunk.width,
+            "head": self.head_spec.to_string(),
+            "base_width": self.trunk.base_width,
+            "small_input": self.trunk.small_input,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resolution": self.resolution,
+        }
+
+    # --------------------------------------------------------------------------------------- forward
+    def _resolve(self, layers: Sequence[str] | str | None) -> list[str]:
+        if layers is None:
+            return self.layer_names
+        names = [layers] if isinstance(layers, str) else list(layers)
+        valid = self.all_layer_names
+        for name in names:
+            if name not in valid:
+                raise RcdmVizError(f"unknown layer {name!r}; this encoder has: {', '.join(valid)}")
+        return names
+
+    def forward(self, x: Tensor, layers: Sequence[str] | str | None = None) -> dict[str, Tensor]:
+        """Named layer outputs of images ``x`` [N, 3, H, W] with values in [0, 1].
+
+        Normalisation happens here. Only the modules the requested layers need are run (e.g. "trunk"
+        never runs the projector; "stage1" never runs layer2..layer4).
+
+        Args:
+            layers: names from ``all_layer_names``; None means all of ``layer_names``.
+        Returns:
+            {name: [N, layer_dims[name]]} in the order requested.
+        """
+        names = self._resolve(layers)
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise RcdmVizError(
+                f"encoder input must be float images [N, 3, H, W] in [0, 1], got {tuple(x.shape)} {x.dtype}"
+            )
+        x = (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)
+        if not names:
+            return {}
+        heads = [n for n in names if n not in STAGE_NAMES]
+        # Run the trunk only as deep as the deepest requested stage (all of it if any head is wanted).
+        upto = "trunk" if heads else max(names, key=STAGE_NAMES.index)
+        out = self.trunk.forward_stages(x, upto)
+        if heads:
+            out.update(self.projector(out["trunk"], heads))
+        return {name: out[name] for name in names}
+
+    # ------------------------------------------------------------------------------------ utilities
+    def num_params(self) -> int:
+        """Number of parameters (trunk + projector)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def _cpu_state(self) -> dict[str, Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+
+    def fingerprint(self) -> str:
+        """Short sha256 (16 hex chars) over the config and every weight/buffer (name, dtype, shape, bytes).
+
+        Feature caches and decoders store it to notice that the encoder behind them changed.
+        """
+        digest = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
+        for key, tensor in sorted(self._cpu_state().items()):
+            digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the bundle ``path/{config.json, model.safetensors}``; returns ``path``.
+
+        Each file is written to a temporary name in ``path`` and moved into place with os.replace, so a
+        reader never sees a half-written file. The weights go first and also carry the config in their
+        metadata, so that ``load_encoder`` detects a pair left inconsistent by an interrupted save.
+        Other files in ``path`` (metrics, probes) are left alone.
+        """
+        target = Path(path)
+        target.mkdir(parents=True, exist_ok=True)
+        config_text = json.dumps({"format": _BUNDLE_FORMAT, **self.config}, indent=2, sort_keys=True)
+        state = self._cpu_state()
+        _atomic_write(target / WEIGHTS_FILE, lambda p: save_file(state, p, {"config": config_text}))
+        _atomic_write(target / CONFIG_FILE, lambda p: Path(p).write_text(config_text + "\n"))
+        return target
+
+
+def _atomic_write(dest: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temp file next to ``dest``, then os.replace it onto ``dest``."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_encoder(path: str | os.PathLike[str]) -> Encoder:
+    """Load a bundle written by ``Encoder.save``; returns the encoder on CPU in eval mode.
+
+    Raises RcdmVizError naming ``path`` if it is missing, incomplete, or inconsistent.
+    """
+    root = Path(path)
+    config_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
+    if not root.is_dir() or not config_path.is_file() or not weights_path.is_file():
+        raise RcdmVizError(
+            f"no encoder bundle at {str(root)!r} (expected a directory with {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    try:
+        config_text = config_path.read_text().strip()
+        config = json.loads(config_text)
+        fmt = config.pop("format", None) if isinstance(config, dict) else None
+        if fmt != _BUNDLE_FORMAT:
+            raise RcdmVizError(f"{str(config_path)!r} has format {fmt!r}, expected {_BUNDLE_FORMAT!r}")
+        encoder = Encoder(**config)
+        state = load_file(weights_path, device="cpu")
+        # Metadata is absent on files written by other tools; only a present, different config is an error.
+        with safe_open(weights_path, framework="pt") as f:
+            saved = (f.metadata() or {}).get("config")
+        if saved is not None and json.loads(saved) != {"format": fmt, **config}:
+            raise RcdmVizError(
+                f"{str(root)!r}: {CONFIG_FILE} and {WEIGHTS_FILE} disagree (interrupted save?)"
+            )
+        encoder.load_state_dict(state, strict=True)
+    except RcdmVizError:
+        raise
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
+        raise RcdmVizError(f"cannot load encoder bundle {str(root)!r}: {err}") from None
+    return encoder.eval()

@@ -1,0 +1,73 @@
+"""The whole pipeline on synthetic scenes, from one command: encoder -> probes -> decoders -> grids."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rcdm_viz.config import Config
+from rcdm_viz.data.sources import load_images
+from rcdm_viz.decoder.grids import layer_notes, load_decoders, sample_layers, write_sample_dir
+from rcdm_viz.decoder.train import train_decoder
+from rcdm_viz.encoders import load_encoder
+from rcdm_viz.evaluation.probes import format_table, probe_run
+from rcdm_viz.runs import RunDir
+from rcdm_viz.ssl.train import train_encoder
+
+
+@contextmanager
+def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]):
+    say(f"== {name}")
+    start = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - start
+    say(f"   {name}: {timings[name]:.0f} s")
+
+
+def sample_heldout(cfg: Config, run: RunDir, layers: list[str], progress: bool = True) -> list[Path]:
+    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-XXXXX/``)."""
+    encoder = load_encoder(run.require_encoder())
+    decoders = load_decoders(run, layers, encoder)
+    res = max(cfg.decoder.resolution, encoder.config["resolution"])
+    val = load_images(cfg.data, "val", n=cfg.quickstart.n_images, resolution=res, progress=False)
+    notes = layer_notes(run)
+    paths = []
+    for i in range(len(val)):
+        image = val.batch(torch.tensor([i]))[0]
+        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
+        paths.append(write_sample_dir(run.samples(f"val-{i:05d}"), image, rows, notes, cfg.sample))
+    return paths
+
+
+def quickstart(
+    cfg: Config, run: RunDir, say: Callable[[str], None] = print, progress: bool = True
+) -> dict[str, Any]:
+    """Run every stage into ``run`` and print the wall time per stage; returns timings and outputs."""
+    timings: dict[str, float] = {}
+    layers = list(cfg.quickstart.decoder_layers)
+    with _stage(timings, "train encoder", say):
+        encoder = train_encoder(cfg, run, progress=progress)
+    unknown = [name for name in layers if name not in encoder.all_layer_names]
+    if unknown:  # checked before hours of decoder training, not after
+        from rcdm_viz.decoder.train import check_layer
+
+        check_layer(encoder, unknown[0])
+    with _stage(timings, "probe", say):
+        probes = probe_run(cfg, run, progress=progress)
+    say(format_table(probes["layers"], probes["chance"]))
+    for layer in layers:
+        with _stage(timings, f"train decoder {layer}", say):
+            train_decoder(cfg, run, layer, progress=progress)
+    with _stage(timings, "sample grids", say):
+        grids = sample_heldout(cfg, run, layers, progress=False)
+    say("grids:\n" + "\n".join(f"  {p}" for p in grids))
+    say("wall time per stage:")
+    for name, secs in timings.items():
+        say(f"  {name:<24} {secs:7.1f} s")
+    say(f"  {'total':<24} {sum(timings.values()):7.1f} s")
+    return {"timings": timings, "probes": probes, "grids": grids}

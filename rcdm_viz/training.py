@@ -1,0 +1,95 @@
+"""What every training step shares: accelerate setup, counter-based randomness, checkpoints.
+
+Exact resume without saving RNG state: every random draw of a training step comes from a generator seeded
+by (seed, step, rank, stream), and the data order of an epoch from (seed, epoch). Resuming at step s thus
+replays exactly what an uninterrupted run would have drawn; a checkpoint only holds model, optimizer, LR
+schedule (and EMA) state plus the step counter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from rcdm_viz.config import Precision
+from rcdm_viz.runs import atomic_write_text
+
+_CKPT_PREFIX = "step-"
+
+
+def make_accelerator(precision: Precision) -> Accelerator:
+    """An Accelerator for this process (CPU, one GPU, or one rank of torchrun / accelerate launch)."""
+    return Accelerator(mixed_precision=Precision(precision).accelerate_name)
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across machines and Python runs)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def generator_for(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch.Generator seeded by ``derive_seed(*parts)``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derive_seed(*parts))
+    return gen
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:
+    """Global indices of optimisation step ``step``: epochs are seeded permutations, the tail dropped.
+
+    Returns long [batch_size]. ``batch_size`` must be <= n.
+    """
+    per_epoch = n // batch_size
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=generator_for(seed, "epoch", epoch))
+    return perm[pos * batch_size : (pos + 1) * batch_size]
+
+
+def shard(indices: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """This process's contiguous share of a global batch (so all ranks together see the whole batch)."""
+    return indices.chunk(accelerator.num_processes)[accelerator.process_index]
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith(_CKPT_PREFIX) and (p / "state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]))
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, keep: int) -> None:
+    """Save the accelerate state at ``step`` under ``root/step-N`` and keep the newest ``keep``.
+
+    Written into a temporary directory and renamed, so a crash never leaves a half checkpoint that
+    ``--resume`` would pick up.
+    """
+    final = root / f"{_CKPT_PREFIX}{step:09d}"
+    tmp = root / f".tmp-{_CKPT_PREFIX}{step:09d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / "state.json", json.dumps({"step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(root)[: -max(keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_latest_checkpoint(accelerator: Accelerator, root: Path) -> int:
+    """Load the newest checkpoint under ``root`` into the prepared objects; returns its step (0 if none)."""
+    found = checkpoint_dirs(root)
+    if not found:
+        return 0
+    latest = found[-1]
+    accelerator.load_state(str(latest))
+    return int(json.loads((latest / "state.json").read_text())["step"])
