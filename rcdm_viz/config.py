@@ -36,23 +36,46 @@ class Method(StrEnum):
 
 
 class Precision(StrEnum):
-    """Autocast precision. fp16 autocast is a no-op on CPU in accelerate, so bf16 is what is offered."""
+    """Autocast precision. fp16 autocast is a no-op on CPU in accelerate, so bf16 is what is offered.
 
+    ``auto`` = bf16 where the device computes it natively (recent GPUs; CPUs with AVX512-BF16/AMX), fp32
+    elsewhere: on an AVX2-only CPU bf16 is emulated and measured ~35x slower than fp32.
+    """
+
+    AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
 
     @property
     def accelerate_name(self) -> str:
         """The name accelerate's ``mixed_precision`` uses."""
+        if self is Precision.AUTO:
+            raise ValueError("resolve Precision.AUTO first (rcdm_viz.training.resolve_precision)")
         return "no" if self is Precision.FP32 else self.value
 
 
 class SamplerName(StrEnum):
     """Diffusion samplers (diffusers schedulers built from the training schedule)."""
 
-    DDPM = "ddpm"
-    DDIM = "ddim"
-    DPMPP = "dpm++"
+    DDPM = "ddpm"  # ancestral sampling (Ho et al. 2020); RCDM samples with 100 respaced steps
+    DDIM = "ddim"  # deterministic DDIM (Song et al. 2021, eta = 0)
+    DPMPP = "dpm++"  # DPM-Solver++(2M) (Lu et al. 2022), with thresholding
+
+
+class PredictionType(StrEnum):
+    """What the decoder predicts (diffusers' ``prediction_type``)."""
+
+    EPSILON = "epsilon"
+    V_PREDICTION = "v_prediction"
+    SAMPLE = "sample"
+
+
+class BetaSchedule(StrEnum):
+    """Noise schedules diffusers' DDPMScheduler implements."""
+
+    LINEAR = "linear"
+    SCALED_LINEAR = "scaled_linear"
+    COSINE = "squaredcos_cap_v2"
 
 
 @dataclass
@@ -104,7 +127,7 @@ class SSLConfig:
     lr: float = 1e-3  # peak AdamW learning rate after warm-up (scaled linearly with batch/256)
     weight_decay: float = 1e-6  # AdamW weight decay (E/N SimCLR)
     warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to 0
-    precision: Precision = Precision.FP32  # autocast dtype
+    precision: Precision = Precision.AUTO  # autocast dtype; auto = bf16 where native, else fp32
     seed: int = 0  # seed of initialisation, data order and views
     log_every: int = 20  # steps between metrics.jsonl records
     checkpoint_every: int = 1000  # steps between resumable checkpoints
@@ -132,8 +155,8 @@ class DecoderConfig:
     attention_resolutions: tuple[int, ...] = (32, 16, 8)  # feature-map sizes that get self-attention
     norm_num_groups: int = 32  # GroupNorm groups
     num_train_timesteps: int = 1000  # diffusion steps
-    beta_schedule: str = "linear"  # noise schedule
-    prediction_type: str = "epsilon"  # what the UNet predicts (RCDM: epsilon)
+    beta_schedule: BetaSchedule = BetaSchedule.LINEAR  # noise schedule (RCDM: linear)
+    prediction_type: PredictionType = PredictionType.EPSILON  # what the UNet predicts (RCDM: epsilon)
     p_uncond: float = 0.1  # probability of the null embedding (classifier-free guidance)
     batch_size: int = 64  # images per step
     steps: int = 100_000  # optimisation steps
@@ -142,7 +165,7 @@ class DecoderConfig:
     warmup_steps: int = 500  # linear learning-rate warm-up
     ema_decay: float = 0.9999  # EMA of the weights used for sampling
     ema_warmup: bool = True  # diffusers EMAModel warm-up (decay ramps up), useful for short runs
-    precision: Precision = Precision.BF16  # autocast dtype (bf16 runs ~2.6x faster on this CPU class)
+    precision: Precision = Precision.AUTO  # autocast dtype; auto = bf16 where native, else fp32
     seed: int = 0  # seed of initialisation, batches, timesteps and noise
     log_every: int = 50  # steps between metrics.jsonl records
     checkpoint_every: int = 2000  # steps between resumable checkpoints

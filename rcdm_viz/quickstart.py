@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ def quickstart(
     cfg: Config, run: RunDir, say: Callable[[str], None] = print, progress: bool = True
 ) -> dict[str, Any]:
     """Run every stage into ``run`` and print the wall time per stage; returns timings and outputs."""
+    say = say or functools.partial(print, flush=True)
     timings: dict[str, float] = {}
     layers = list(cfg.quickstart.decoder_layers)
     with _stage(timings, "train encoder", say):

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from rcdm_viz.config import Precision
 from rcdm_viz.runs import atomic_write_text
@@ -22,9 +23,29 @@ from rcdm_viz.runs import atomic_write_text
 _CKPT_PREFIX = "step-"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively (not emulated)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> Precision:
+    """``auto`` -> bf16 where native, else fp32; an explicit choice is kept (with a warning if emulated)."""
+    precision = Precision(precision)
+    if precision is Precision.AUTO:
+        return Precision.BF16 if native_bf16(device) else Precision.FP32
+    if precision is Precision.BF16 and not native_bf16(device):
+        warnings.warn(f"bf16 is emulated on this {device.type} and much slower than fp32", stacklevel=2)
+    return precision
+
+
 def make_accelerator(precision: Precision) -> Accelerator:
     """An Accelerator for this process (CPU, one GPU, or one rank of torchrun / accelerate launch)."""
-    return Accelerator(mixed_precision=Precision(precision).accelerate_name)
+    device = PartialState().device
+    return Accelerator(mixed_precision=resolve_precision(precision, device).accelerate_name)
 
 
 def derive_seed(*parts: int | str) -> int:

@@ -1,0 +1,85 @@
+"""Training noise schedule and the diffusion loss of the decoder.
+
+RCDM trains ADM with 1000 steps of the linear beta schedule (Ho et al. 2020: beta from 1e-4 to 0.02) and
+the simple noise-prediction loss L_simple = E ||eps - eps_theta(x_t, t, c)||^2 (Ho et al. 2020, eq. 14;
+ADM's ``LossType.MSE``).  We add condition dropout for classifier-free guidance (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+
+from rcdm_viz.config import BetaSchedule, PredictionType
+from rcdm_viz.errors import RcdmVizError
+
+
+def _choice(enum: type[Enum], value: str | Enum, what: str) -> Enum:
+    try:
+        return enum(value)
+    except ValueError:
+        names = ", ".join(e.value for e in enum)
+        raise RcdmVizError(f"unknown {what} {value!r}; choose one of {names}") from None
+
+
+def make_noise_scheduler(
+    num_train_timesteps: int = 1000,
+    beta_schedule: str | BetaSchedule = "linear",
+    prediction_type: str | PredictionType = "epsilon",
+) -> DDPMScheduler:
+    """The training DDPM scheduler (RCDM: 1000 linear steps; x0 clipped to [-1, 1] when sampling)."""
+    if num_train_timesteps < 1:
+        raise RcdmVizError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+    schedule = _choice(BetaSchedule, beta_schedule, "beta_schedule")
+    prediction = _choice(PredictionType, prediction_type, "prediction_type")
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=schedule.value,
+        prediction_type=prediction.value,
+        clip_sample=True,
+        clip_sample_range=1.0,
+    )
+
+
+def diffusion_loss(
+    decoder: nn.Module,
+    x0: torch.Tensor,
+    reps: torch.Tensor,
+    layer: str,
+    scheduler: DDPMScheduler,
+    generator: torch.Generator,
+    p_uncond: float = 0.1,
+) -> torch.Tensor:
+    """L_simple for a batch of clean images ``x0`` [N,3,H,W] in [-1, 1] and their ``reps`` [N, D].
+
+    t ~ U{0..T-1}, noise ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; the target is the
+    noise (``epsilon``), the velocity (``v_prediction``) or x0 (``sample``).  Each row's condition is
+    replaced by the null embedding with probability ``p_uncond``.  All randomness comes from
+    ``generator``, drawn in the fixed order t, noise, dropout mask, so a resumed run replays the same
+    stream.  ``decoder`` may be an ``RCDMDecoder`` or a DDP wrapper of one.  Returns a float32 scalar.
+    """
+    if x0.ndim != 4 or x0.shape[1] != 3:
+        raise RcdmVizError(f"x0 must have shape [N, 3, H, W], got {list(x0.shape)}")
+    if not 0.0 <= p_uncond <= 1.0:
+        raise RcdmVizError(f"p_uncond must be in [0, 1], got {p_uncond}")
+    n, gen_dev = x0.shape[0], generator.device
+    # Drawn on the generator's own device so the numbers depend only on its state, not on x0's device.
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (n,), generator=generator, device=gen_dev)
+    noise = torch.randn(x0.shape, generator=generator, device=gen_dev)
+    uncond = torch.rand(n, generator=generator, device=gen_dev) < p_uncond
+    t, uncond = t.to(x0.device), uncond.to(x0.device)
+    noise = noise.to(device=x0.device, dtype=x0.dtype)
+    x_t = scheduler.add_noise(x0, noise, t)
+    prediction = PredictionType(scheduler.config.prediction_type)
+    if prediction is PredictionType.EPSILON:
+        target = noise
+    elif prediction is PredictionType.V_PREDICTION:
+        target = scheduler.get_velocity(x0, noise, t)
+    else:
+        target = x0
+    pred = decoder(x_t, t, reps, layer, uncond=uncond)
+    return F.mse_loss(pred.float(), target.float())
