@@ -102,15 +102,35 @@ class EncoderConfig:
 
 @dataclass
 class ViewsConfig:
-    """SSL augmentations (SimCLR/BYOL/VICReg recipe; E/N: crop, flip, colour jitter, grayscale, solarize)."""
+    """SSL augmentations (BYOL/VICReg recipe; E/N: crop, flip, colour jitter, grayscale, solarize)."""
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop area range
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: area fraction range
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
+    size: int | None = None  # output side in pixels; None keeps the input size
     flip_p: float = 0.5  # horizontal flip probability
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8  # probability of colour jitter
-    gray_p: float = 0.2  # probability of grayscale
-    blur_p: tuple[float, float] = (1.0, 0.1)  # blur probability for view 1 and view 2 (BYOL/VICReg)
-    solarize_p: tuple[float, float] = (0.0, 0.2)  # solarize probability for view 1 and view 2
+    jitter_p: float = 0.8  # colour jitter probability
+    jitter_random_order: bool = True  # per-sample random order of the jitter parts (as torchvision)
+    gray_p: float = 0.2  # grayscale probability
+    blur_p: tuple[float, float] = (1.0, 0.1)  # Gaussian blur probability, view 1 and view 2
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels
+    blur_reference_side: int | None = None  # if set, blur_sigma is meant at this side and scales with it
+    solarize_p: tuple[float, float] = (0.0, 0.2)  # solarize probability, view 1 and view 2
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str) -> None:
+            if not ok:
+                raise RcdmVizError(f"bad value {getattr(self, name)!r} for 'views.{name}'")
+
+        need(0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "crop_scale")
+        need(0 < self.crop_ratio[0] <= self.crop_ratio[1], "crop_ratio")
+        need(self.size is None or self.size >= 1, "size")
+        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            value = getattr(self, name)
+            need(all(0.0 <= v <= 1.0 for v in (value if isinstance(value, tuple) else (value,))), name)
+        need(all(v >= 0 for v in self.jitter) and self.jitter[3] <= 0.5, "jitter")
+        need(0 < self.blur_sigma[0] <= self.blur_sigma[1], "blur_sigma")
+        need(self.blur_reference_side is None or self.blur_reference_side >= 1, "blur_reference_side")
 
 
 @dataclass

@@ -8,6 +8,7 @@ Layout (DESIGN.md)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,6 +20,8 @@ import yaml
 
 from rcdm_viz.config import Config, to_dict
 from rcdm_viz.errors import RcdmVizError
+
+ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
 @dataclass(frozen=True)

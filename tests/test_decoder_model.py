@@ -33,7 +33,7 @@ def perturb_conditioning(decoder: RCDMDecoder) -> RCDMDecoder:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for mlp in decoder.rep_mlps.values():
-            mlp[2].weight.copy_(torch.randn(mlp[2].weight.shape, generator=gen))
+            mlp[-1].weight.copy_(torch.randn(mlp[-1].weight.shape, generator=gen))
         decoder.null_embedding.copy_(torch.randn(decoder.null_embedding.shape, generator=gen))
         if decoder.layer_embedding is not None:
             decoder.layer_embedding.weight.normal_(generator=gen)

@@ -43,7 +43,7 @@ def make_decoder(layer_dims: dict[str, int] | None = None) -> RCDMDecoder:
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for mlp in dec.rep_mlps.values():
-            mlp[2].weight.copy_(torch.randn(mlp[2].weight.shape, generator=gen))
+            mlp[-1].weight.copy_(torch.randn(mlp[-1].weight.shape, generator=gen))
         dec.null_embedding.copy_(torch.randn(dec.null_embedding.shape, generator=gen))
     return dec
 

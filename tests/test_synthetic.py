@@ -102,6 +102,10 @@ def test_factor_ranges_uniform_and_all_classes_appear() -> None:
         assert lo <= float(v.min()) < lo + 0.01 * span and hi - 0.01 * span < float(v.max()) <= hi, k
         assert abs(float(v.mean()) - (lo + hi) / 2) < 0.03 * span, k
         assert abs(float(v.std()) - span / math.sqrt(12)) < 0.03 * span, k  # uniform, not clumped
+    edge = sample_factors(torch.arange(3), seed=5)[1]
+    for k, (lo, hi) in FACTOR_RANGES.items():  # float32 rounding never leaves the range
+        assert syn._float32_inside(lo, hi)[0] >= lo and syn._float32_inside(lo, hi)[1] <= hi
+        assert bool(((edge[k].double() >= lo) & (edge[k].double() <= hi)).all())
     counts = torch.bincount(ds.labels, minlength=len(SyntheticScenes.SHAPES))
     assert counts.numel() == len(SyntheticScenes.SHAPES) and int(counts.min()) > 2000 / len(counts) * 0.7
     assert ds.labels.dtype == torch.long and all(v.dtype == torch.float32 for v in ds.factors.values())

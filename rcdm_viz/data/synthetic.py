@@ -649,15 +649,26 @@ def render(
         for start in range(0, idx.numel(), chunk):
             sub = idx[start : start + chunk]
             img.index_copy_(0, sub, _render_chunk(_SHAPE_OPS[shape], prm.index(sub), cam))
-    if supersample > 1:  # block mean by explicit adds: the same summation order on every code path
-        s = supersample
-        acc = img[:, :, 0::s, 0::s].clone()
-        for a in range(s):
-            for b in range(s):
-                if a or b:
-                    acc += img[:, :, a::s, b::s]
-        img = acc * (1.0 / (s * s))
-    return img
+    return _block_mean(img, supersample) if supersample > 1 else img
+
+
+def _block_mean(img: Tensor, s: int) -> Tensor:
+    """Mean over s x s pixel blocks: [N, C, S, S] -> [N, C, S / s, S / s].
+
+    Explicit adds in a fixed order (the same rounding on every code path), first along rows (the s
+    samples are adjacent in memory), then across the s rows of a block (contiguous rows).
+    """
+    n, c, size, _ = img.shape
+    out = size // s
+    x = img.reshape(n * c * size, out, s)
+    acc = x[..., 0] + x[..., 1]
+    for b in range(2, s):
+        acc = acc + x[..., b]
+    y = acc.view(n * c * out, s, out)
+    acc = y[:, 0] + y[:, 1]
+    for a in range(2, s):
+        acc = acc + y[:, a]
+    return (acc * (1.0 / (s * s))).view(n, c, out, out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -679,8 +690,19 @@ def sample_factors(
     factors = {}
     for k, name in enumerate(FACTORS, start=1):
         lo, hi = FACTOR_RANGES[name]
-        factors[name] = (lo + (hi - lo) * hash_uniform(seed, sid, k, idx)).to(torch.float32)
+        value = (lo + (hi - lo) * hash_uniform(seed, sid, k, idx)).to(torch.float32)
+        factors[name] = torch.clamp(value, *_float32_inside(lo, hi))
     return labels, factors
+
+
+def _float32_inside(lo: float, hi: float) -> tuple[float, float]:
+    """The widest float32 interval inside [lo, hi] (rounding pi / 2 to float32 overshoots it)."""
+    lo32, hi32 = torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+    if float(lo32) < lo:
+        lo32 = torch.nextafter(lo32, torch.tensor(math.inf))
+    if float(hi32) > hi:
+        hi32 = torch.nextafter(hi32, torch.tensor(-math.inf))
+    return float(lo32), float(hi32)
 
 
 class SyntheticScenes(Dataset):

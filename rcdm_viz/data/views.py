@@ -9,26 +9,24 @@ The recipe is BYOL's / VICReg's (Grill et al. 2020, Bardes et al. 2022; E/N uses
 random resized crop -> horizontal flip -> colour jitter (p 0.8) -> grayscale (p 0.2) -> Gaussian blur
 (p 1.0 / 0.1 for the two views) -> solarize (p 0.0 / 0.2). The colour-jitter parts are applied in a
 random order per sample, as torchvision's ColorJitter does per image in the official implementations
-(``ViewConfig.jitter_random_order=False`` gives the fixed order brightness, contrast, saturation, hue).
+(``ViewsConfig.jitter_random_order=False`` gives the fixed order brightness, contrast, saturation, hue).
 The colour operations follow torchvision's definitions (blend with black / grey mean / grayscale, hue
 rotation in HSV, ITU-R 601 luma).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
+from rcdm_viz.config import ViewsConfig
 from rcdm_viz.errors import RcdmVizError
 
 
@@ -456,79 +454,13 @@ def apply_augmentation(name: Augmentation | str, x: Tensor, generator: torch.Gen
 # ------------------------------------------------------------------ the SSL views
 
 
-def _check_range(name: str, v: tuple[float, ...], low: float, high: float) -> None:
-    if not all(low <= float(p) <= high for p in v):
-        raise RcdmVizError(f"ViewConfig.{name}: values must lie in [{low}, {high}], got {v}")
-
-
-@dataclass(frozen=True)
-class ViewConfig:
-    """The two-view SSL recipe (defaults: BYOL/VICReg, the family E/N and GR train with)."""
-
-    crop_scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: area fraction range
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
-    size: int | None = None  # output side in pixels; None keeps the input size
-    flip_p: float = 0.5  # horizontal flip probability
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)  # brightness, contrast, saturation, hue
-    jitter_p: float = 0.8  # colour jitter probability
-    jitter_random_order: bool = True  # per-sample random order of the jitter parts (as torchvision)
-    gray_p: float = 0.2  # grayscale probability
-    blur_p: tuple[float, float] = (1.0, 0.1)  # Gaussian blur probability, view 0 and view 1
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels
-    blur_reference_side: int | None = None  # if set, blur_sigma is at this side and scales with the image
-    solarize_p: tuple[float, float] = (0.0, 0.2)  # solarize probability, view 0 and view 1
-
-    def __post_init__(self) -> None:
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise RcdmVizError(f"ViewConfig.crop_scale needs 0 < min <= max <= 1, got {self.crop_scale}")
-        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
-            raise RcdmVizError(f"ViewConfig.crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
-        if self.size is not None and self.size < 1:
-            raise RcdmVizError(f"ViewConfig.size must be a positive pixel count or None, got {self.size}")
-        for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
-            v = getattr(self, name)
-            _check_range(name, tuple(v) if isinstance(v, tuple | list) else (v,), 0.0, 1.0)
-        if len(self.blur_p) != 2 or len(self.solarize_p) != 2:
-            raise RcdmVizError(
-                f"ViewConfig: blur_p and solarize_p need one value per view, got "
-                f"{self.blur_p} and {self.solarize_p}"
-            )
-        _check_range("jitter", tuple(self.jitter), 0.0, math.inf)
-        if self.jitter[3] > 0.5:
-            raise RcdmVizError(f"ViewConfig.jitter: hue strength must be <= 0.5, got {self.jitter[3]}")
-        if self.blur_reference_side is not None and self.blur_reference_side < 1:
-            raise RcdmVizError(
-                f"ViewConfig.blur_reference_side must be positive or None, got {self.blur_reference_side}"
-            )
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise RcdmVizError(f"ViewConfig.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ViewConfig:
-        """A ViewConfig from another dataclass (e.g. the YAML-backed config) holding some of its fields.
-
-        Lists become tuples; a field this class does not know is an error, never silently ignored.
-        """
-        if isinstance(cfg, ViewConfig):
-            return cfg
-        if not dataclasses.is_dataclass(cfg):
-            raise RcdmVizError(f"views: expected a ViewConfig or a views dataclass, got {type(cfg).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise RcdmVizError(f"views: unknown view settings {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def make_views(x: Tensor, generator: torch.Generator, config: ViewConfig | Any, view: int) -> Tensor:
+def make_views(x: Tensor, generator: torch.Generator, config: ViewsConfig, view: int) -> Tensor:
     """One SSL view of every image: x [N, 3, H, W] in [0, 1] -> [N, 3, h, w] (h = w = config.size or H, W).
 
     Crop -> flip -> colour jitter -> grayscale -> blur -> solarize; ``view`` (0 or 1) picks the
-    asymmetric blur / solarize probabilities. ``config`` is a ViewConfig or a dataclass with its fields.
+    asymmetric blur / solarize probabilities (``rcdm_viz.config.ViewsConfig`` holds the recipe).
     """
-    cfg = ViewConfig.from_config(config)
+    cfg = config
     if view not in (0, 1):
         raise RcdmVizError(f"make_views: view must be 0 or 1, got {view}")
     _check_images(x)
@@ -541,8 +473,8 @@ def make_views(x: Tensor, generator: torch.Generator, config: ViewConfig | Any, 
 
 
 def two_views(
-    x: Tensor, generator: torch.Generator, config: ViewConfig | Any = None
+    x: Tensor, generator: torch.Generator, config: ViewsConfig | None = None
 ) -> tuple[Tensor, Tensor]:
-    """The two SSL views (view 0, view 1) of every image in x [N, 3, H, W]; ``None`` = ViewConfig()."""
-    cfg = ViewConfig() if config is None else config
+    """The two SSL views (view 0, view 1) of every image in x [N, 3, H, W]; ``None`` = ViewsConfig()."""
+    cfg = ViewsConfig() if config is None else config
     return make_views(x, generator, cfg, 0), make_views(x, generator, cfg, 1)

@@ -139,12 +139,21 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _make_mlp(dim: int, t_dim: int) -> nn.Sequential:
-        """Linear(dim, T) -> SiLU -> Linear(T, T); the last Linear is zero-initialised so that training
-        starts from the unconditional model and the conditioning grows from zero (as ADM zero-inits the
-        output of every residual branch)."""
-        mlp = nn.Sequential(nn.Linear(dim, t_dim), nn.SiLU(), nn.Linear(t_dim, t_dim))
-        nn.init.zeros_(mlp[2].weight)
-        nn.init.zeros_(mlp[2].bias)
+        """LayerNorm(dim) -> Linear(dim, T) -> SiLU -> Linear(T, T).
+
+        The last Linear is zero-initialised so that training starts from the unconditional model and the
+        conditioning grows from zero (as ADM zero-inits the output of every residual branch). The input
+        LayerNorm (no affine) puts every layer's representation on one scale: post-ReLU trunk means and
+        projector outputs differ by orders of magnitude, and short trainings ignored unnormalised inputs.
+        """
+        mlp = nn.Sequential(
+            nn.LayerNorm(dim, elementwise_affine=False),
+            nn.Linear(dim, t_dim),
+            nn.SiLU(),
+            nn.Linear(t_dim, t_dim),
+        )
+        nn.init.zeros_(mlp[-1].weight)
+        nn.init.zeros_(mlp[-1].bias)
         return mlp
 
     @property
@@ -171,7 +180,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
                 f"(representation dim {reps.shape[-1] if reps.ndim else 0} vs decoder dim {dim})"
             )
         mlp = self.rep_mlps[layer]
-        cond = mlp(reps.to(dtype=mlp[0].weight.dtype))
+        cond = mlp(reps.to(dtype=mlp[-1].weight.dtype))
         if self.layer_embedding is not None:
             idx = torch.full((n,), self._layer_index[layer], dtype=torch.long, device=cond.device)
             cond = cond + self.layer_embedding(idx)

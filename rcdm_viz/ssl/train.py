@@ -17,7 +17,7 @@ from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import two_views
 from rcdm_viz.encoders import Encoder, build_encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import MetricsLog, RunDir, record_config
+from rcdm_viz.runs import ALL_SECTIONS, MetricsLog, RunDir, record_config
 from rcdm_viz.ssl.methods import MethodSpec, get_method
 from rcdm_viz.training import (
     batch_indices,
@@ -109,7 +109,8 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
     start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
     log = MetricsLog(run.encoder_metrics, enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
-        record_config(run, cfg, ("data", "encoder", "views", "ssl"))
+        # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
+        record_config(run, cfg, ALL_SECTIONS)
         log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
     _loop(step_fn, train, start, steps, ckpt_root, log, progress)
     encoder = accelerator.unwrap_model(model).eval()
