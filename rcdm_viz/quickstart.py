@@ -14,7 +14,7 @@ import torch
 from rcdm_viz.config import Config
 from rcdm_viz.data.sources import load_images
 from rcdm_viz.decoder.grids import layer_notes, load_decoders, sample_layers, write_sample_dir
-from rcdm_viz.decoder.train import train_decoder
+from rcdm_viz.decoder.train import check_layer, train_decoder
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.probes import format_table, probe_run
 from rcdm_viz.runs import RunDir
@@ -54,11 +54,8 @@ def quickstart(
     layers = list(cfg.quickstart.decoder_layers)
     with _stage(timings, "train encoder", say):
         encoder = train_encoder(cfg, run, progress=progress)
-    unknown = [name for name in layers if name not in encoder.all_layer_names]
-    if unknown:  # checked before hours of decoder training, not after
-        from rcdm_viz.decoder.train import check_layer
-
-        check_layer(encoder, unknown[0])
+    for layer in layers:  # checked before the decoders train, not after
+        check_layer(encoder, layer)
     with _stage(timings, "probe", say):
         probes = probe_run(cfg, run, progress=progress)
     say(format_table(probes["layers"], probes["chance"]))
