@@ -15,7 +15,8 @@ from torchvision.utils import make_grid
 
 from rcdm_viz.config import SampleConfig
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
-from rcdm_viz.decoder.sampling import sample, sample_grid
+from rcdm_viz.decoder.sampling import sample, sample_grid, tensor_to_pil
+from rcdm_viz.decoder.train import check_layer
 from rcdm_viz.encoders import Encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
@@ -53,10 +54,7 @@ def resolve_layers(spec: str | Sequence[str], encoder: Encoder) -> list[str]:
     if isinstance(names, str):
         names = [s.strip() for s in names.split(",") if s.strip()]
     for name in names:
-        if name not in encoder.all_layer_names:
-            raise RcdmVizError(
-                f"unknown layer '{name}'; this encoder has: {', '.join(encoder.all_layer_names)}"
-            )
+        check_layer(encoder, name)
     if not names:
         raise RcdmVizError(f"no layers selected by '{spec}'")
     return list(names)
@@ -128,10 +126,10 @@ def write_sample_dir(
     shown = fit(image, res)
     grid = sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))
     atomic_write_bytes(out_dir / "grid.png", _png(grid))
-    atomic_write_bytes(out_dir / "input.png", _png(_to_pil(shown)))
+    atomic_write_bytes(out_dir / "input.png", _png(tensor_to_pil(shown)))
     for layer, samples in rows.items():
         atomic_write_bytes(
-            out_dir / f"{layer}.png", _png(_to_pil(make_grid(samples, nrow=len(samples), padding=1)))
+            out_dir / f"{layer}.png", _png(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1)))
         )
     meta = {
         "layers": list(rows),
@@ -144,10 +142,6 @@ def write_sample_dir(
     }
     write_json(out_dir / "meta.json", meta)
     return out_dir / "grid.png"
-
-
-def _to_pil(image: Tensor) -> Image.Image:
-    return Image.fromarray(image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy())
 
 
 def _png(img: Image.Image) -> bytes:
