@@ -15,9 +15,8 @@ import time
 import torch
 
 from rcdm_viz.config import load_config
-from rcdm_viz.data.synthetic import render_rate
-from rcdm_viz.ssl.methods import get_method
-from rcdm_viz.ssl.train import SSLStep, encoder_from_config, make_optimizer
+from rcdm_viz.data.synthetic import SyntheticScenes, render_rate
+from rcdm_viz.ssl.train import build_ssl_step
 from rcdm_viz.training import make_accelerator
 
 
@@ -25,16 +24,13 @@ def training_rate(preset: str, steps: int) -> float:
     """Images/s of the preset's SSL training step (after one warm-up step)."""
     cfg = load_config(preset)
     acc = make_accelerator(cfg.ssl.precision)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution)
-    opt, sched = make_optimizer(encoder, cfg.ssl, 1000, 100)
-    layer = encoder.embedding_layer
-    model, opt, sched = acc.prepare(encoder, opt, sched)
-    step = SSLStep(acc, model, opt, sched, get_method(cfg.ssl.method), layer, cfg)
+    step, _ = build_ssl_step(cfg, acc, len(SyntheticScenes.SHAPES), 1000, 100)
     images = torch.rand(cfg.ssl.batch_size, 3, cfg.data.resolution, cfg.data.resolution)
-    step(images, 0)
+    labels = torch.arange(cfg.ssl.batch_size) % len(SyntheticScenes.SHAPES)
+    step(images, 0, labels)
     start = time.perf_counter()
     for i in range(steps):
-        step(images, i + 1)
+        step(images, i + 1, labels)
     return steps * cfg.ssl.batch_size / (time.perf_counter() - start)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
 from rcdm_viz.config import Config, config_from_dict, load_config
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir
+from rcdm_viz.runs import RunDir, write_json
 
 
 def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
@@ -27,6 +28,11 @@ def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> No
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _public_encoder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", help="public encoder from the registry (see `rcdm-viz encoders`)")
+    p.add_argument("--weights", help="its checkpoint file, imported once into the run's encoder/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -39,14 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-encoder", help="train an SSL encoder")
     _common(t)
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p = sub.add_parser("probe", help="linear probes on every layer of the run's encoder")
+    p = sub.add_parser("probe", help="probes (linear, MLP, kNN, binarized, factors) on every layer")
     _common(p)
-    d = sub.add_parser("train-decoder", help="train the RCDM decoder of one layer")
+    _public_encoder_options(p)
+    p.add_argument("--layers", default="all", help="'all' (stage1..3, trunk, heads) or a comma list")
+    d = sub.add_parser("train-decoder", help="train the RCDM decoder of one layer, or one for all layers")
     _common(d)
-    d.add_argument("--layer", required=True, help="layer name (e.g. trunk, head2)")
+    _public_encoder_options(d)
+    d.add_argument("--layer", required=True, help="layer name (e.g. trunk, head2), or 'all' (shared decoder)")
     d.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     s = sub.add_parser("sample", help="per-layer sample grids for images")
     _common(s)
+    _public_encoder_options(s)
     s.add_argument("images", nargs="+", help="image files")
     s.add_argument("--layers", default="all", help="'all' or a comma list, e.g. trunk,head2")
     s.add_argument("--n", type=int, help="samples per layer")
@@ -54,6 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="sampling steps")
     s.add_argument("--sampler", help="ddpm, ddim or dpm++")
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--interpolate", type=int, metavar="K", help="decode K interpolations between 2 images")
+    s.add_argument("--scores", action="store_true", help="also score the samples (samples/<id>/scores.json)")
+    r = sub.add_parser("report", help="per-layer tables and plots of a run, or across runs with --runs")
+    _common(r)
+    r.add_argument("--runs", nargs="+", metavar="DIR", help="compare run directories, e.g. runs/en-width-*")
+    r.add_argument("--out", default="runs/compare", help="cross-run report directory (default: %(default)s)")
+    sub.add_parser("encoders", help="list the public encoder registry and which files are present locally")
+    a = sub.add_parser("app", help="the Streamlit browser over a folder of runs")
+    a.add_argument("--runs", help="runs root the app lists (default: $RCDM_VIZ_RUNS, else runs/)")
+    a.add_argument("--headless", action="store_true", help="serve without opening a browser (servers)")
+    a.add_argument("--port", type=int, default=8501, help="port to serve on (default: %(default)s)")
+    a.add_argument("--address", help="address to bind, e.g. 127.0.0.1 (default: streamlit's)")
+    c = sub.add_parser("cache", help="decode an image folder once into a uint8 memory-mapped cache")
+    c.add_argument("--data", required=True, help="image folder: DIR/[train|val/]<class>/<image>")
+    c.add_argument("--resolution", type=int, required=True, help="side in pixels (short side, centre crop)")
+    c.add_argument("--out", required=True, help="cache directory (use: data.source=cache, data.root)")
+    c.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -78,11 +106,29 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit code."""
+    if args.command == "app":
+        return _app(args.runs, args.headless, args.port, args.address)
+    if args.command == "cache":
+        from rcdm_viz.data.cache import write_cache
+
+        meta = write_cache(args.data, args.resolution, args.out, args.workers, progress=not args.no_progress)
+        counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
+        print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
+        return 0
+    if args.command == "encoders":
+        from rcdm_viz.encoders.zoo import registry_table
+
+        print(registry_table())
+        return 0
     run = RunDir(Path(args.run))
     progress = not args.no_progress
     if args.command == "sample":
         args.overrides = _sample_overrides(args) + args.overrides
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
+    if getattr(args, "encoder", None) or getattr(args, "weights", None):
+        from rcdm_viz.encoders.zoo import import_public_encoder
+
+        import_public_encoder(run, args.encoder, args.weights)
     if args.command == "quickstart":
         from rcdm_viz.quickstart import quickstart
 
@@ -95,7 +141,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "probe":
         from rcdm_viz.evaluation.probes import format_table, probe_run
 
-        result = probe_run(cfg, run, progress=progress)
+        result = probe_run(cfg, run, progress=progress, layers=args.layers)
         print(format_table(result["layers"], result["chance"]))
     elif args.command == "train-decoder":
         from rcdm_viz.decoder.train import train_decoder
@@ -103,29 +149,103 @@ def run_command(args: argparse.Namespace) -> int:
         train_decoder(cfg, run, args.layer, resume=args.resume, progress=progress)
         print(f"decoder saved to {run.decoder(args.layer)}")
     elif args.command == "sample":
-        _sample(cfg, run, args.images, args.layers, progress)
+        _sample(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+    elif args.command == "report":
+        _report(run, args.runs, args.out)
     return 0
 
 
-def _sample(cfg: Config, run: RunDir, images: list[str], layers: str, progress: bool) -> None:
+def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
+    from rcdm_viz.evaluation.report import compare_runs, report_run
+
+    if not runs:
+        summary = report_run(run)
+        print(f"report written to {run.report} ({', '.join(summary['plots'].values()) or 'no plots'})")
+        return
+    for path in runs:
+        if not Path(path).is_dir():
+            raise RcdmVizError(f"run directory '{path}' does not exist")
+    result = compare_runs([RunDir(Path(p)) for p in runs], Path(out))
+    print(f"report across {len(runs)} runs written to {out} ({', '.join(result['plots'].values())})")
+
+
+def _sample(
+    cfg: Config,
+    run: RunDir,
+    images: list[str],
+    layers: str,
+    progress: bool,
+    interpolate: int | None = None,
+    scores: bool = False,
+) -> None:
     from rcdm_viz.decoder.grids import (
         image_id,
+        interpolate_layers,
         layer_notes,
         load_decoders,
         read_image,
         resolve_layers,
         sample_layers,
+        write_interpolation_dir,
         write_sample_dir,
     )
     from rcdm_viz.encoders import load_encoder
 
+    if interpolate is not None and len(images) != 2:
+        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(images)}")
+
     inputs = [(path, read_image(path)) for path in images]  # all unreadable files fail before sampling
     encoder = load_encoder(run.require_encoder())
     decoders = load_decoders(run, resolve_layers(layers, encoder), encoder)
-    notes = layer_notes(run)
+    if interpolate is not None:
+        (path_a, a), (path_b, b) = inputs
+        rows = interpolate_layers(encoder, decoders, a, b, interpolate, cfg.sample, progress=progress)
+        out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
+        print(write_interpolation_dir(out, a, b, rows, cfg.sample))
+        return
+    gallery = None
+    if scores:
+        from rcdm_viz.evaluation.scores import build_gallery
+
+        side = next(iter(decoders.values())).config.resolution
+        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
     for path, image in inputs:
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
+        result = None
+        if gallery is not None:
+            from rcdm_viz.evaluation.scores import score_image
+
+            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
+            write_json(run.samples(image_id(path)) / "scores.json", result)
+        notes = layer_notes(run, result)
         print(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
+
+
+def _app(runs: str | None, headless: bool, port: int, address: str | None) -> NoReturn:
+    """Become ``streamlit run app/streamlit_app.py`` with the runs root in $RCDM_VIZ_RUNS."""
+    import importlib.util
+    import os
+
+    from rcdm_viz.browse import RUNS_ENV, runs_root
+
+    root = runs_root(runs)
+    if not root.is_dir():
+        raise RcdmVizError(f"runs directory '{root}' does not exist")
+    if importlib.util.find_spec("streamlit") is None:
+        raise RcdmVizError("the app needs streamlit: pip install -e '.[app]'")
+    script = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    if not script.is_file():
+        raise RcdmVizError(f"'{script}' not found: install rcdm-viz from its repository (pip install -e .)")
+    if not 0 < port < 65536:
+        raise RcdmVizError(f"--port must be between 1 and 65535, got {port}")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port)]
+    cmd += ["--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false"]
+    cmd += ["--client.toolbarMode", "viewer"]  # no "Deploy" button: researchers browse, they do not deploy
+    cmd += ["--server.address", address] if address else []
+    sys.stdout.flush()
+    # exec, not a child process: Ctrl-C and `kill` then reach the server itself, which a child outliving
+    # a killed parent would not (it kept serving).
+    os.execve(sys.executable, cmd, {**os.environ, RUNS_ENV: str(root)})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,6 +26,8 @@ class DataSource(StrEnum):
     """Where training images come from."""
 
     SYNTHETIC = "synthetic"
+    FOLDER = "folder"  # ImageNet layout: root/[train|val/]<class>/<image>, classes sorted by name
+    CACHE = "cache"  # uint8 memory-mapped arrays written by `rcdm-viz cache`
 
 
 class Method(StrEnum):
@@ -33,6 +35,18 @@ class Method(StrEnum):
 
     SIMCLR = "simclr"
     VICREG = "vicreg"
+    BYOL = "byol"
+    BARLOW_TWINS = "barlow_twins"
+    SUPERVISED = "supervised"
+    SIMCLR_CLASS = "simclr_class"  # SimCLR, positive = another image of the same class (GR §4)
+    SIMCLR_NEIGHBOUR = "simclr_neighbour"  # SimCLR, positive = nearest neighbour under a reference encoder
+
+
+class Optimizer(StrEnum):
+    """Encoder optimisers: LARS (E/N) or AdamW (GR)."""
+
+    LARS = "lars"
+    ADAMW = "adamw"
 
 
 class Precision(StrEnum):
@@ -87,6 +101,8 @@ class DataConfig:
     n_train: int = 50_000  # number of training images
     n_val: int = 5_000  # number of validation images (probes, held-out samples)
     seed: int = 0  # dataset seed: image i is a pure function of (seed, split, i, resolution)
+    root: str = ""  # image folder (source folder) or cache directory (source cache)
+    decode_workers: int = 0  # threads decoding an image folder (0 = one per CPU core)
 
 
 @dataclass
@@ -142,26 +158,69 @@ class SSLConfig:
     sim_coeff: float = 25.0  # VICReg invariance coefficient
     std_coeff: float = 25.0  # VICReg variance coefficient
     cov_coeff: float = 1.0  # VICReg covariance coefficient
+    barlow_lambda: float = 0.0051  # Barlow Twins off-diagonal weight (Zbontar et al.)
+    byol_momentum: float = 0.996  # BYOL target EMA momentum at step 0, raised to 1 by a cosine (Grill et al.)
+    byol_predictor_hidden: int = 4096  # BYOL predictor MLP hidden width (Grill et al.)
+    reference_encoder: str = ""  # encoder bundle whose trunk defines neighbour positives (simclr_neighbour)
     batch_size: int = 512  # global batch size (images; each gives two views)
     epochs: int = 100  # passes over the training set
-    lr: float = 1e-3  # peak AdamW learning rate after warm-up (scaled linearly with batch/256)
-    weight_decay: float = 1e-6  # AdamW weight decay (E/N SimCLR)
+    optimizer: Optimizer = Optimizer.ADAMW  # adamw (GR) or lars (E/N presets)
+    lr: float = 1e-3  # peak learning rate after warm-up, scaled linearly with batch/256 (E/N LARS: 0.5)
+    weight_decay: float = 1e-6  # weight decay (E/N: 1e-6 SimCLR and supervised, 1e-4 VICReg)
+    lars_eta: float = 0.001  # LARS trust coefficient (You et al. 2017; VICReg/Barlow Twins code)
+    lars_momentum: float = 0.9  # LARS (SGD) momentum
     warmup_epochs: float = 10.0  # linear warm-up, then cosine decay to 0
+    sync_batchnorm: bool = True  # BatchNorm statistics over the global batch when several GPUs train
+    online_probes: bool = True  # linear classifier per layer on detached features, logged as probe/<layer>
+    probe_lr: float = 1e-3  # AdamW learning rate of the online probes (no weight decay)
     precision: Precision = Precision.AUTO  # autocast dtype; auto = bf16 where native, else fp32
     seed: int = 0  # seed of initialisation, data order and views
     log_every: int = 20  # steps between metrics.jsonl records
     checkpoint_every: int = 1000  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # how many checkpoints to keep
 
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature": self.temperature > 0,
+            "byol_momentum": 0.0 <= self.byol_momentum <= 1.0,
+            "lr": self.lr > 0,
+            "probe_lr": self.probe_lr > 0,
+            "lars_eta": self.lars_eta > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "log_every": self.log_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise RcdmVizError(f"bad value {getattr(self, name)!r} for 'ssl.{name}'")
+
+
+class ProbeSolver(StrEnum):
+    """How the linear classification probe is fitted."""
+
+    LBFGS = "lbfgs"  # full-batch L-BFGS on the L2-penalised cross-entropy (seconds on a CPU)
+    ADAMW = "adamw"  # E/N's minibatch AdamW protocol
+
 
 @dataclass
 class ProbeConfig:
-    """Linear probes on frozen features (E/N: AdamW, lr 1e-4, wd 0.04, batch 1024, 100 epochs)."""
+    """Probes on frozen features (E/N: linear probe by AdamW, lr 1e-4, wd 0.04, batch 1024, 100 epochs)."""
 
-    epochs: int = 100  # passes over the cached training features
-    lr: float = 1e-4  # AdamW learning rate
-    weight_decay: float = 0.04  # AdamW weight decay
-    batch_size: int = 1024  # probe batch size
+    solver: ProbeSolver = ProbeSolver.LBFGS  # linear-probe solver; lbfgs >= adamw measured (docs/RESULTS.md)
+    epochs: int = 100  # adamw: passes over the cached training features
+    lr: float = 1e-4  # adamw: learning rate
+    weight_decay: float = 0.04  # adamw: weight decay
+    batch_size: int = 1024  # adamw: probe batch size
+    l2: float = 1e-2  # lbfgs: L2 penalty (l2 / 2) * |W|^2 on the mean cross-entropy (docs/RESULTS.md)
+    lbfgs_steps: int = 200  # lbfgs: maximum iterations (full batch, strong-Wolfe line search)
+    mlp_hidden: int = 512  # MLP probe (E/N Figure 8: 3 layers): hidden width (E/N do not give it)
+    mlp_epochs: int = 10  # MLP probe: AdamW epochs, cosine decay (0 skips the MLP probe)
+    mlp_lr: float = 1e-3  # MLP probe: AdamW learning rate
+    knn_k: int = 20  # kNN probe: neighbours (Wu et al. 2018, DINO: 20)
+    knn_temperature: float = 0.07  # kNN probe: vote weight exp(cos / T) (Wu et al. 2018, DINO)
+    ridge: float = 1e-3  # factor regression: ridge penalty on standardized features (GR Figure 2)
+    rankme_n: int = 4096  # RankMe (Garrido et al. 2023): training images used (rank <= min(n, D))
+    invariance_images: int = 256  # validation images for the encoder invariance scores (DESIGN.md)
     n_train: int = 0  # training images for the probe (0 = all of data.n_train)
 
 
@@ -191,6 +250,11 @@ class DecoderConfig:
     checkpoint_every: int = 2000  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # how many checkpoints to keep
     feature_batch_size: int = 256  # batch size when caching the frozen encoder's features
+    grad_accum_steps: int = 1  # micro-batches per optimisation step (batch_size is split among them)
+    channels_last: bool = False  # NHWC UNet (helps tensor-core GPUs; measured no gain on this CPU)
+    sample_every: int = 1000  # steps between progress samples in decoders/<layer>/progress/ (0 = never)
+    progress_images: int = 4  # fixed validation images sampled for progress
+    progress_steps: int = 25  # DDIM steps of the progress samples
 
 
 @dataclass
@@ -203,6 +267,27 @@ class SampleConfig:
     guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional sampling, as RCDM)
     seed: int = 0  # sample j of every row uses noise seeded by (seed, j)
     batch_size: int = 64  # UNet batch size while sampling
+
+
+class Distance(StrEnum):
+    """Perceptual distance of the decoder scores (DESIGN.md: LPIPS when its weights are on disk)."""
+
+    AUTO = "auto"  # lpips-alex if torchvision's AlexNet weights are on disk, else 1-ms-ssim or 1-ssim
+    LPIPS_ALEX = "lpips-alex"  # LPIPS v0.1 on AlexNet (Zhang et al. 2018)
+    MS_SSIM = "1-ms-ssim"  # 1 - MS-SSIM (Wang et al. 2003), weight-free; needs images > 160 px
+    SSIM = "1-ssim"  # 1 - SSIM (Wang et al. 2004, 11-px Gaussian window), weight-free
+
+
+@dataclass
+class ScoresConfig:
+    """Decoder scores per layer (DESIGN.md "Invariance scores") and the factor oracle they use."""
+
+    distance: Distance = Distance.AUTO  # perceptual distance; the output names the one used
+    gallery: int = 256  # other (validation) images: retrieval gallery and the x' of the baselines
+    oracle_n_train: int = 8192  # synthetic training images of the factor oracle
+    oracle_steps: int = 1500  # oracle optimisation steps (AdamW, batch oracle_batch_size)
+    oracle_batch_size: int = 128  # oracle batch size
+    oracle_lr: float = 2e-3  # oracle AdamW learning rate (cosine decay)
 
 
 @dataclass
@@ -224,6 +309,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    scores: ScoresConfig = field(default_factory=ScoresConfig)
     quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
 
 

@@ -17,6 +17,7 @@ from rcdm_viz.decoder.grids import layer_notes, load_decoders, sample_layers, wr
 from rcdm_viz.decoder.train import check_layer, train_decoder
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.probes import format_table, probe_run
+from rcdm_viz.evaluation.report import report_run
 from rcdm_viz.runs import RunDir
 from rcdm_viz.ssl.train import train_encoder
 
@@ -65,6 +66,9 @@ def quickstart(
     with _stage(timings, "sample grids", say):
         grids = sample_heldout(cfg, run, layers, progress=False)
     say("grids:\n" + "\n".join(f"  {p}" for p in grids))
+    with _stage(timings, "report", say):
+        report = report_run(run)
+    say(f"report: {run.report} ({', '.join(report['plots'].values())})")
     say("wall time per stage:")
     for name, secs in timings.items():
         say(f"  {name:<24} {secs:7.1f} s")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -44,8 +45,17 @@ def resolve_precision(precision: Precision, device: torch.device) -> Precision:
 
 def make_accelerator(precision: Precision) -> Accelerator:
     """An Accelerator for this process (CPU, one GPU, or one rank of torchrun / accelerate launch)."""
-    device = PartialState().device
-    return Accelerator(mixed_precision=resolve_precision(precision, device).accelerate_name)
+    # Under torchrun on a machine without GPUs accelerate uses gloo only when told cpu=True; otherwise
+    # every rank would silently train alone.
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = PartialState(cpu=cpu).device
+    # Every step here is one *global* batch sharded over ranks, so the LR schedule advances once per step;
+    # accelerate's default would advance it num_processes times (it assumes per-device batches).
+    return Accelerator(
+        mixed_precision=resolve_precision(precision, device).accelerate_name,
+        cpu=cpu,
+        step_scheduler_with_optimizer=False,
+    )
 
 
 def derive_seed(*parts: int | str) -> int:

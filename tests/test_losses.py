@@ -268,3 +268,16 @@ def test_two_processes_match_one(tmp_path):
     want = _ddp_param_grads(LOSSES["simclr"], 0, x1, x2, ddp=False)
     for res in ranks:
         assert torch.allclose(res["ddp_weight_grad"], want, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------- a published implementation
+
+
+def test_losses_match_lightly():
+    """lightly's NT-Xent, VICReg and negative-cosine losses (its Barlow Twins standardises with the
+    unbiased std, unlike the official code, so it is not compared)."""
+    lightly_loss = pytest.importorskip("lightly.loss")
+    z1, z2 = _pair(7, n=16, k=8)
+    assert torch.allclose(simclr_loss(z1, z2, 0.15), lightly_loss.NTXentLoss(temperature=0.15)(z1, z2))
+    assert torch.allclose(vicreg_loss(z1, z2), lightly_loss.VICRegLoss()(z1, z2))
+    assert torch.allclose(byol_loss(z1, z2), 2 + 2 * lightly_loss.NegativeCosineSimilarity()(z1, z2))

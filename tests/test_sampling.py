@@ -182,3 +182,42 @@ def test_sample_grid_layout():
     assert taller.height - grid.height == cell + GRID_GAP and taller.width == grid.width
     with pytest.raises(RcdmVizError, match="'head1'"):
         sample_grid(image, {"head1": torch.zeros(2, 3, RES + 1, RES)})
+
+
+@torch.no_grad()
+def adm_respaced_ddpm(decoder, rep, n, seed, steps):
+    """RCDM's sampler written out as ADM does it (guided-diffusion ``respace.py`` + ``p_sample``): keep the
+    timesteps round(i (T-1)/(steps-1)), recompute betas_i = 1 - abar_{t_i} / abar_{t_{i-1}}, sample the
+    posterior q(x_{i-1} | x_i, x0) of that shorter chain (fixed small variance, x0 clipped to [-1, 1]),
+    feeding the model the original timestep; no noise on the last step."""
+    abar_full = make_noise_scheduler().alphas_cumprod.double()
+    frac = (1000 - 1) / (steps - 1)
+    use = sorted({round(i * frac) for i in range(steps)})
+    abar = abar_full[use]
+    abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    betas = 1 - abar / abar_prev
+    var = betas * (1 - abar_prev) / (1 - abar)
+    coef_x0 = betas * abar_prev.sqrt() / (1 - abar)
+    coef_xt = (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar)
+    gens = [torch.Generator().manual_seed(sample_seed(seed, j)) for j in range(n)]
+    x = torch.cat([torch.randn(1, 3, RES, RES, generator=g) for g in gens]).double()
+    for i in reversed(range(len(use))):
+        eps = decoder(x.float(), torch.full((n,), use[i]), rep.expand(n, -1), "trunk").double()
+        x0 = ((x - (1 - abar[i]).sqrt() * eps) / abar[i].sqrt()).clamp(-1, 1)
+        mean = coef_x0[i] * x0 + coef_xt[i] * x
+        if i > 0:
+            noise = torch.cat([torch.randn(1, 3, RES, RES, generator=g) for g in gens]).double()
+            x = mean + var[i].sqrt() * noise
+        else:
+            x = mean
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+@pytest.mark.parametrize("steps", [100, 7])
+def test_ddpm_respacing_reproduces_adm(decoder, reps, steps):
+    got = sample(decoder, reps[:1], n=2, steps=steps, sampler="ddpm", seed=11)
+    ref = adm_respaced_ddpm(decoder, reps[0], 2, seed=11, steps=steps)
+    torch.testing.assert_close(got[0], ref, rtol=0, atol=2e-4)
+    sched = make_sampler("ddpm", make_noise_scheduler().config)
+    sched.set_timesteps(steps)
+    assert sched.timesteps.tolist() == sorted({round(i * 999 / (steps - 1)) for i in range(steps)})[::-1]

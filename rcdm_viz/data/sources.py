@@ -1,7 +1,9 @@
 """Image sources behind one interface: a labelled uint8 image tensor (plus known factors, if any).
 
 Images are held as uint8 [N,3,H,W] (4x smaller than float, converted per batch) so that a training step
-only indexes memory; the synthetic scenes are rendered once, in chunks, when the set is loaded.
+only indexes memory; the synthetic scenes are rendered once, in chunks, when the set is loaded; an image
+folder is decoded once (threads); a cache (``rcdm-viz cache``) is a memory map, read page by page.
+Folders and caches give at most ``n`` images: all of them, or an evenly spread seeded subset.
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import DataConfig, DataSource
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.training import derive_seed
 
 SPLITS = ("train", "val", "test")
 
@@ -29,6 +33,7 @@ class ImageSet:
     labels: Tensor
     factors: dict[str, Tensor] | None = None
     num_classes: int = 0
+    class_names: tuple[str, ...] = ()  # folder/cache class names, by label
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -55,7 +60,58 @@ def load_images(
         raise RcdmVizError(f"split '{split}' is empty (n = {n}); set data.n_train / data.n_val above 0")
     if data.source == DataSource.SYNTHETIC:
         return _synthetic(data.seed, split, n, resolution, progress)
+    if not data.root:
+        raise RcdmVizError(f"data.source={data.source.value} needs data.root (the folder or cache directory)")
+    if data.source == DataSource.FOLDER:
+        return _folder(data, split, n, resolution, progress)
+    if data.source == DataSource.CACHE:
+        return _cache(data, split, n, resolution)
     raise RcdmVizError(f"unsupported data source '{data.source}'")
+
+
+def subset(total: int, n: int, seed: int, split: str) -> Tensor | None:
+    """Sorted seeded choice of ``n`` of ``total`` indices, or None when ``n >= total`` (take all)."""
+    if n >= total:
+        return None
+    gen = torch.Generator().manual_seed(derive_seed(seed, "subset", split))
+    return torch.randperm(total, generator=gen)[:n].sort().values
+
+
+def resize_uint8(images: Tensor, resolution: int, chunk: int = 1024) -> Tensor:
+    """uint8 [N,3,H,W] -> uint8 [N,3,R,R] (antialiased bilinear; square inputs stay square)."""
+    if images.shape[-1] == resolution and images.shape[-2] == resolution:
+        return images
+    out = torch.empty((images.shape[0], 3, resolution, resolution), dtype=torch.uint8)
+    for s in range(0, images.shape[0], chunk):
+        batch = images[s : s + chunk].float().div_(255)
+        out[s : s + chunk] = to_uint8(
+            F.interpolate(
+                batch, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False
+            )
+        )
+    return out
+
+
+def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: bool) -> ImageSet:
+    from rcdm_viz.data.folder import index_folder, load_folder, split_dir
+
+    index = index_folder(split_dir(data.root, split))
+    chosen = subset(len(index.files), n, data.seed, split)
+    keep = range(len(index.files)) if chosen is None else chosen.tolist()
+    files = [index.files[i] for i in keep]
+    labels = [index.labels[i] for i in keep]
+    images, labels_t = load_folder(files, labels, resolution, data.decode_workers, progress, str(index.root))
+    return ImageSet(images, labels_t, None, num_classes=len(index.classes), class_names=tuple(index.classes))
+
+
+def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
+    from rcdm_viz.data.cache import open_cache
+
+    images, labels, classes = open_cache(data.root, split)
+    chosen = subset(len(images), n, data.seed, split)
+    if chosen is not None:
+        images, labels = images[chosen], labels[chosen]
+    return ImageSet(resize_uint8(images, resolution), labels, None, len(classes), tuple(classes))
 
 
 def _synthetic(seed: int, split: str, n: int, resolution: int, progress: bool, chunk: int = 1024) -> ImageSet:

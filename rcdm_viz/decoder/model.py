@@ -161,18 +161,22 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         """The layer names this decoder is conditioned on, sorted (the order config.json keeps)."""
         return sorted(self.config.layer_dims)
 
+    def layer_index(self, layer: str) -> int:
+        """Row of ``layer`` in the layer embedding (its position in ``layers``)."""
+        self._check_layer(layer)
+        return self._layer_index[layer]
+
+    @property
+    def rep_width(self) -> int:
+        """Width of packed mixed-layer representations: the largest layer dimension."""
+        return max(int(d) for d in self.config.layer_dims.values())
+
     def _check_layer(self, layer: str) -> None:
         if layer not in self._layer_index:
             raise RcdmVizError(f"unknown decoder layer {layer!r}; this decoder has layers {self.layers}")
 
-    def condition(
-        self, reps: torch.Tensor | None, layer: str, n: int, uncond: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Conditioning vectors [n, T] for ``reps`` [n, D] of ``layer`` (null embedding where dropped)."""
-        self._check_layer(layer)
-        null = self.null_embedding.unsqueeze(0).expand(n, -1)
-        if reps is None:
-            return null
+    def _single_condition(self, reps: torch.Tensor, layer: str, n: int) -> torch.Tensor:
+        """[n, T] conditioning for ``reps`` [n, D] that all come from ``layer``."""
         dim = self.config.layer_dims[layer]
         if reps.ndim != 2 or reps.shape[1] != dim or reps.shape[0] != n:
             raise RcdmVizError(
@@ -184,6 +188,53 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         if self.layer_embedding is not None:
             idx = torch.full((n,), self._layer_index[layer], dtype=torch.long, device=cond.device)
             cond = cond + self.layer_embedding(idx)
+        return cond
+
+    def _mixed_condition(self, reps: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
+        """[n, T] conditioning when row i comes from layer ``layers[index[i]]``.
+
+        ``reps`` [n, rep_width] is zero-padded: row i uses its first ``layer_dims[layers[index[i]]]``
+        entries.  Every MLP runs (on possibly zero rows) so that all parameters take part in the graph,
+        which DDP requires.
+        """
+        width = self.rep_width
+        if index.shape != (n,) or index.dtype != torch.long:
+            raise RcdmVizError(f"layer index must be a long tensor of shape [{n}], got {list(index.shape)}")
+        if reps.shape != (n, width):
+            raise RcdmVizError(f"packed reps must have shape [{n}, {width}], got {list(reps.shape)}")
+        if n and (int(index.min()) < 0 or int(index.max()) >= len(self.layers)):
+            raise RcdmVizError(f"layer index out of range [0, {len(self.layers)}): {index.tolist()}")
+        dtype = self.null_embedding.dtype
+        cond = torch.zeros(n, self.time_embed_dim, device=reps.device, dtype=dtype)
+        for i, name in enumerate(self.layers):
+            rows = (index == i).nonzero(as_tuple=True)[0]
+            part = self.rep_mlps[name](reps[rows, : self.config.layer_dims[name]].to(dtype))
+            cond = cond.index_copy(0, rows, part.to(cond.dtype))
+        if self.layer_embedding is not None:
+            cond = cond + self.layer_embedding(index.to(cond.device))
+        return cond
+
+    def condition(
+        self,
+        reps: torch.Tensor | None,
+        layer: str | torch.Tensor,
+        n: int,
+        uncond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Conditioning vectors [n, T] (null embedding where dropped).
+
+        ``layer`` is one layer name (``reps`` [n, D] of that layer) or a long tensor [n] of per-sample
+        indices into ``layers`` (``reps`` [n, rep_width], zero-padded, as the shared decoder trains).
+        """
+        if isinstance(layer, str):
+            self._check_layer(layer)
+        null = self.null_embedding.unsqueeze(0).expand(n, -1)
+        if reps is None:
+            return null
+        if isinstance(layer, str):
+            cond = self._single_condition(reps, layer, n)
+        else:
+            cond = self._mixed_condition(reps, layer, n)
         if uncond is not None:
             if uncond.shape != (n,):
                 raise RcdmVizError(f"uncond mask must have shape [{n}], got {list(uncond.shape)}")
@@ -195,14 +246,15 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         x_t: torch.Tensor,
         t: torch.Tensor,
         reps: torch.Tensor | None,
-        layer: str,
+        layer: str | torch.Tensor,
         uncond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the model output (eps for the default schedule) for ``x_t`` [N,3,H,W] at steps ``t`` [N].
 
-        ``reps`` [N, D] is the representation of ``layer``; rows where ``uncond`` [N] (bool) is True, or
-        all rows when ``reps`` is None, use the learned null embedding instead (classifier-free guidance).
-        Returns [N, 3, H, W].
+        ``reps`` [N, D] is the representation of ``layer``; or, with ``layer`` a long tensor [N] of
+        per-sample layer indices (into ``layers``), ``reps`` [N, rep_width] packed as in ``condition``.
+        Rows where ``uncond`` [N] (bool) is True, or all rows when ``reps`` is None, use the learned null
+        embedding instead (classifier-free guidance).  Returns [N, 3, H, W].
         """
         if x_t.ndim != 4 or x_t.shape[1] != 3:
             raise RcdmVizError(f"x_t must have shape [N, 3, H, W], got {list(x_t.shape)}")
@@ -212,6 +264,8 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """``ModelMixin.save_pretrained`` that always writes safetensors (shared bundles hold no pickle)."""
         kwargs["safe_serialization"] = True
+        # channels_last weights (DecoderConfig.channels_last) are not contiguous; safetensors needs them so
+        self.to(memory_format=torch.contiguous_format)
         super().save_pretrained(save_directory, **kwargs)
 
 

@@ -37,7 +37,11 @@ def _as_sampler(sampler: str | Enum) -> Sampler:
 def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> SchedulerMixin:
     """A sampling scheduler built from the training DDPM scheduler's config.
 
-    Timesteps are "trailing" so that sampling starts at t = T-1 like ADM's respacing (and Lin et al. 2024).
+    DDPM with N steps is ADM's respacing (``space_timesteps(T, "N")``, which RCDM samples with, N = 100):
+    timesteps round(i (T-1)/(N-1)) = diffusers' "linspace" spacing, and diffusers' step then uses the
+    posterior of the respaced chain (alphas_cumprod at the previous *chosen* timestep), which equals ADM's
+    recomputed betas 1 - abar_t / abar_prev (tests/test_sampling.py checks this numerically).  DDIM and
+    DPM++ use "trailing" timesteps, which also start at t = T-1 (Lin et al. 2024).
     DDIM keeps the training config's ``clip_sample=True`` (x0 clipped to [-1, 1]); DPM++ does not clip,
     so it gets dynamic thresholding capped at 1 (Saharia et al. 2022), which for images in [-1, 1] is the
     same safeguard: without either, briefly trained decoders diverge (see DESIGN.md, "Decoder").
@@ -46,7 +50,7 @@ def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> Sch
     config = dict(train_scheduler_config)
     spacing = {"timestep_spacing": "trailing"}
     if kind is Sampler.DDPM:
-        return DDPMScheduler.from_config(config, **spacing)
+        return DDPMScheduler.from_config(config, timestep_spacing="linspace")
     if kind is Sampler.DDIM:
         return DDIMScheduler.from_config(config, **spacing)
     return DPMSolverMultistepScheduler.from_config(
@@ -276,4 +280,42 @@ def sample_grid(
         grid.paste(shown, (label_w, y))
         for j, one in enumerate(samples):
             grid.paste(tensor_to_pil(one, scale), (x_samples + j * (cell_w + GRID_GAP), y))
+    return grid
+
+
+def interpolation_grid(
+    image_a: torch.Tensor, image_b: torch.Tensor, rows: dict[str, torch.Tensor], scale: int = 2
+) -> Image.Image:
+    """The interpolation grid: for each layer (rows ``layer`` -> [n, K, 3, H, W] in [0, 1]) n rows of K
+    decoded interpolations, between the inputs ``image_a`` (first column) and ``image_b`` (last column)."""
+    if scale < 1:
+        raise RcdmVizError(f"scale must be >= 1, got {scale}")
+    for name, samples in rows.items():
+        if samples.ndim != 5 or tuple(samples.shape[2:]) != tuple(image_a.shape):
+            raise RcdmVizError(
+                f"row {name!r} must have shape [n, K, {image_a.shape[0]}, H, W], got {list(samples.shape)}"
+            )
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(measure.textbbox((0, 0), f"{name} #00", font=font)[2] for name in rows) + 2 * GRID_PAD
+    header_h = measure.textbbox((0, 0), "Ag", font=font)[3] + 2 * GRID_PAD
+    cell = image_a.shape[-1] * scale
+    k = next(iter(rows.values())).shape[1]
+    x_mid = label_w + cell + GRID_INPUT_GAP
+    x_b = x_mid + k * (cell + GRID_GAP) - GRID_GAP + GRID_INPUT_GAP
+    n_rows = sum(s.shape[0] for s in rows.values())
+    grid = Image.new("RGB", (x_b + cell, header_h + n_rows * (cell + GRID_GAP) - GRID_GAP), _WHITE)
+    draw = ImageDraw.Draw(grid)
+    for x, text in ((label_w, "A"), (x_mid, f"interpolation A -> B ({k} steps)"), (x_b, "B")):
+        draw.text((x, GRID_PAD), text, fill=_TEXT, font=font)
+    shown_a, shown_b = tensor_to_pil(image_a, scale), tensor_to_pil(image_b, scale)
+    y = header_h
+    for name, samples in rows.items():
+        for j, row in enumerate(samples):
+            draw.text((GRID_PAD, y + GRID_PAD), f"{name} #{j}", fill=_TEXT, font=font)
+            grid.paste(shown_a, (label_w, y))
+            grid.paste(shown_b, (x_b, y))
+            for c, one in enumerate(row):
+                grid.paste(tensor_to_pil(one, scale), (x_mid + c * (cell + GRID_GAP), y))
+            y += cell + GRID_GAP
     return grid

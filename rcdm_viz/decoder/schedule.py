@@ -49,12 +49,15 @@ def diffusion_loss(
     decoder: nn.Module,
     x0: torch.Tensor,
     reps: torch.Tensor,
-    layer: str,
+    layer: str | torch.Tensor,
     scheduler: DDPMScheduler,
     generator: torch.Generator,
     p_uncond: float = 0.1,
 ) -> torch.Tensor:
     """L_simple for a batch of clean images ``x0`` [N,3,H,W] in [-1, 1] and their ``reps`` [N, D].
+
+    ``layer`` names the layer of every row, or is a long tensor [N] of per-sample layer indices (shared
+    decoder; ``reps`` then packed as ``RCDMDecoder.condition`` describes).
 
     t ~ U{0..T-1}, noise ~ N(0, I), x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; the target is the
     noise (``epsilon``), the velocity (``v_prediction``) or x0 (``sample``).  Each row's condition is

@@ -1,17 +1,27 @@
-"""Decoder training: an RCDM decoder learns to generate images from one layer's cached representations."""
+"""Decoder training: an RCDM decoder learns to generate images from cached representations.
+
+``--layer NAME`` trains one decoder for one layer (as RCDM does); ``--layer all`` trains one shared UNet for
+every layer of ``Encoder.layer_names``: each sample of a batch is conditioned on a layer drawn uniformly,
+through that layer's MLP plus a learned layer embedding, so a step costs as much as a single-layer step and
+all layers cost about one training run.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -32,6 +42,8 @@ from rcdm_viz.training import (
     shard,
 )
 
+ALL_LAYERS = "all"  # --layer all: the shared decoder, saved in decoders/all/
+
 
 def check_layer(encoder: Encoder, layer: str) -> None:
     """A one-line error when ``layer`` is not one of the encoder's layers."""
@@ -39,9 +51,17 @@ def check_layer(encoder: Encoder, layer: str) -> None:
         raise RcdmVizError(f"unknown layer '{layer}'; this encoder has: {', '.join(encoder.all_layer_names)}")
 
 
+def decoder_layers(encoder: Encoder, layer: str) -> list[str]:
+    """The layers a ``--layer`` value trains: ``all`` -> ``encoder.layer_names``, else ``[layer]``."""
+    if layer == ALL_LAYERS:
+        return list(encoder.layer_names)
+    check_layer(encoder, layer)
+    return [layer]
+
+
 def images_key(data: DataConfig, split: str, n: int, resolution: int) -> str:
     """Identity of an image set, for the feature cache."""
-    return f"{data.source.value}:seed={data.seed}:split={split}:n={n}:res={resolution}"
+    return f"{data.source.value}:root={data.root}:seed={data.seed}:split={split}:n={n}:res={resolution}"
 
 
 def build_decoder(dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str) -> RCDMDecoder:
@@ -60,26 +80,53 @@ def build_decoder(dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: s
     )
 
 
-def training_data(
-    cfg: Config, encoder: Encoder, layer: str, run: RunDir, progress: bool
-) -> tuple[ImageSet, Tensor]:
-    """Decoder-resolution images and the cached representations of the same images at ``layer``."""
-    dec_images = load_images(cfg.data, "train", resolution=cfg.decoder.resolution, progress=progress)
+def _encoder_view(cfg: Config, encoder: Encoder, split: str, n: int | None, dec_images: ImageSet) -> ImageSet:
+    """The same images at the encoder's own input size (the decoder's set when the sizes agree)."""
     enc_res = encoder.config["resolution"]
     if enc_res == cfg.decoder.resolution:
-        enc_images = dec_images
-    else:  # the encoder sees the same scenes at its own input size
-        enc_images = load_images(cfg.data, "train", resolution=enc_res, progress=progress)
-    key = images_key(cfg.data, "train", len(enc_images), enc_res)
+        return dec_images
+    return load_images(cfg.data, split, n=n, resolution=enc_res, progress=False)
+
+
+def training_data(
+    cfg: Config, encoder: Encoder, layers: list[str], run: RunDir, progress: bool
+) -> tuple[ImageSet, dict[str, Tensor]]:
+    """Decoder-resolution training images and the cached representations (float16 [N, D]) of each layer,
+    all layers computed in one encoder pass at the encoder's resolution."""
+    dec_images = load_images(cfg.data, "train", resolution=cfg.decoder.resolution, progress=progress)
+    enc_images = _encoder_view(cfg, encoder, "train", None, dec_images)
+    key = images_key(cfg.data, "train", len(enc_images), encoder.config["resolution"])
     feats = cached_features(
-        encoder, enc_images, [layer], run.features, key, cfg.decoder.feature_batch_size, progress
+        encoder, enc_images, layers, run.features, key, cfg.decoder.feature_batch_size, progress
     )
-    return dec_images, feats[layer]
+    return dec_images, feats
+
+
+def draw_layers(n_layers: int, n: int, seed: int, step: int) -> Tensor:
+    """Per-sample layer indices [n] of step ``step`` (uniform, counter-seeded so resume replays them)."""
+    return torch.randint(0, n_layers, (n,), generator=generator_for(seed, "layers", step))
+
+
+def pack_reps(feats: list[Tensor], idx: Tensor, layer_index: Tensor, width: int) -> Tensor:
+    """Mixed-layer representations: row i = ``feats[layer_index[i]][idx[i]]``, zero-padded to ``width``.
+
+    feats: per layer [N, D_l], in ``RCDMDecoder.layers`` order; idx, layer_index: long [n].
+    Returns float [n, width].
+    """
+    out = torch.zeros(len(idx), width)
+    for i, table in enumerate(feats):
+        rows = (layer_index == i).nonzero(as_tuple=True)[0]
+        out[rows, : table.shape[1]] = table[idx[rows]].float()
+    return out
 
 
 @dataclass
 class DecoderStep:
-    """One optimisation step of the decoder (objects prepared by accelerate)."""
+    """One optimisation step of the decoder (objects prepared by accelerate).
+
+    The batch is split into ``cfg.grad_accum_steps`` micro-batches whose gradients are summed (without a
+    DDP all-reduce until the last one, accelerate's ``no_sync``) before one optimizer and EMA step.
+    """
 
     accelerator: Accelerator
     model: torch.nn.Module
@@ -87,47 +134,54 @@ class DecoderStep:
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler
     noise_scheduler: DDPMScheduler
     ema: EMAModel
-    layer: str
+    layers: list[str]
     cfg: DecoderConfig
 
-    def __call__(self, x0: Tensor, reps: Tensor, step: int) -> float:
-        """x0: float [n,3,H,W] in [-1,1]; reps: [n,D]. Returns the loss."""
-        device = self.accelerator.device
-        gen = generator_for(self.cfg.seed, "diffusion", step, self.accelerator.process_index)
+    def __call__(self, x0: Tensor, reps: Tensor, step: int, layer_index: Tensor | None = None) -> float:
+        """x0: float [n,3,H,W] in [-1,1]; reps: [n,D] of ``layers[0]``, or packed [n, width] with
+        ``layer_index`` [n] (shared decoder). Returns the mean loss."""
+        acc, k = self.accelerator, self.cfg.grad_accum_steps
+        device = acc.device
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        x0 = x0.to(device).contiguous(memory_format=fmt)
+        reps = reps.to(device).float()
+        layer = layer_index.to(device) if layer_index is not None else self.layers[0]
         self.model.train()
-        with self.accelerator.autocast():
-            loss = diffusion_loss(
-                self.model,
-                x0.to(device),
-                reps.to(device).float(),
-                self.layer,
-                self.noise_scheduler,
-                gen,
-                p_uncond=self.cfg.p_uncond,
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        total = 0.0
+        for micro, rows in enumerate(torch.arange(x0.shape[0]).chunk(k)):
+            gen = generator_for(self.cfg.seed, "diffusion", step, acc.process_index, micro)
+            last = micro == k - 1
+            sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
+            part = layer if isinstance(layer, str) else layer[rows]
+            with sync:
+                with acc.autocast():
+                    loss = diffusion_loss(
+                        self.model, x0[rows], reps[rows], part, self.noise_scheduler, gen, self.cfg.p_uncond
+                    )
+                acc.backward(loss / k)
+            total += float(loss.detach()) / k
         self.optimizer.step()
         self.lr_scheduler.step()
-        self.ema.step(self.accelerator.unwrap_model(self.model).parameters())
-        return float(loss.detach())
+        self.ema.step(acc.unwrap_model(self.model).parameters())
+        return total
+
+    def ema_decoder(self) -> RCDMDecoder:
+        """The trained decoder with the EMA weights copied in (RCDM/ADM sample with them), in eval mode."""
+        final = self.accelerator.unwrap_model(self.model)
+        self.ema.copy_to(final.parameters())
+        return final.eval()
 
 
-def train_decoder(
-    cfg: Config, run: RunDir, layer: str, resume: bool = False, progress: bool = True
-) -> RCDMDecoder:
-    """Train the decoder of ``layer`` on the frozen encoder's cached features; saves ``decoders/<layer>/``."""
-    encoder = load_encoder(run.require_encoder())
-    check_layer(encoder, layer)
-    dec = cfg.decoder
-    if dec.batch_size < 1 or dec.steps < 1:
-        raise RcdmVizError(
-            f"decoder.batch_size ({dec.batch_size}) and decoder.steps ({dec.steps}) must be >= 1"
-        )
-    accelerator = make_accelerator(dec.precision)
-    images, reps = training_data(cfg, encoder, layer, run, progress and accelerator.is_main_process)
+def make_decoder_step(
+    dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str, accelerator: Accelerator
+) -> DecoderStep:
+    """A fresh decoder for ``layer_dims`` with its AdamW, warm-up schedule and EMA, prepared by
+    ``accelerator`` (the EMA state is registered so that checkpoints hold it)."""
     torch.manual_seed(dec.seed)
-    decoder = build_decoder(dec, {layer: reps.shape[1]}, encoder.fingerprint())
+    decoder = build_decoder(dec, layer_dims, fingerprint)
+    if dec.channels_last:
+        decoder.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=dec.lr, weight_decay=dec.weight_decay)
     lr_scheduler = get_constant_schedule_with_warmup(optimizer, dec.warmup_steps)
     ema = EMAModel(decoder.parameters(), decay=dec.ema_decay, use_ema_warmup=dec.ema_warmup)
@@ -135,42 +189,133 @@ def train_decoder(
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     noise = decoder.noise_scheduler()
-    step_fn = DecoderStep(accelerator, model, optimizer, lr_scheduler, noise, ema, layer, dec)
+    return DecoderStep(accelerator, model, optimizer, lr_scheduler, noise, ema, decoder.layers, dec)
+
+
+def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
+    if dec.batch_size < 1 or dec.steps < 1:
+        raise RcdmVizError(
+            f"decoder.batch_size ({dec.batch_size}) and decoder.steps ({dec.steps}) must be >= 1"
+        )
+    if dec.grad_accum_steps < 1 or dec.batch_size % (dec.grad_accum_steps * processes):
+        raise RcdmVizError(
+            f"decoder.grad_accum_steps {dec.grad_accum_steps} must be >= 1 and divide decoder.batch_size "
+            f"{dec.batch_size} per process ({processes} processes)"
+        )
+
+
+def train_decoder(
+    cfg: Config, run: RunDir, layer: str, resume: bool = False, progress: bool = True
+) -> RCDMDecoder:
+    """Train the decoder of ``layer`` (or the shared decoder of every layer, ``layer="all"``) on the frozen
+    encoder's cached features; saves ``decoders/<layer>/``."""
+    encoder = load_encoder(run.require_encoder())
+    layers = decoder_layers(encoder, layer)
+    dec = cfg.decoder
+    accelerator = make_accelerator(dec.precision)
+    _check_decoder_config(dec, accelerator.num_processes)
+    main = accelerator.is_main_process
+    images, feats = training_data(cfg, encoder, layers, run, progress and main)
+    dims = {name: feats[name].shape[1] for name in layers}
+    step_fn = make_decoder_step(dec, dims, encoder.fingerprint(), accelerator)
     ckpt_root = run.checkpoints(f"decoder-{layer}")
     start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
-    log = MetricsLog(run.decoder(layer) / "metrics.jsonl", enabled=accelerator.is_main_process)
-    if accelerator.is_main_process:
+    log = MetricsLog(run.decoder(layer) / "metrics.jsonl", enabled=main)
+    if main:
         record_config(run, cfg, ("decoder",))
         log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
-    _loop(step_fn, images, reps, start, ckpt_root, log, progress)
-    final = accelerator.unwrap_model(model)
-    ema.copy_to(final.parameters())  # sample with the EMA weights, as RCDM/ADM do
-    final.eval()
-    if accelerator.is_main_process:
+    snapshot = None
+    if main and dec.sample_every > 0 and dec.progress_images > 0:
+        snapshot = progress_writer(cfg, encoder, step_fn, run.decoder(layer) / "progress")
+    _loop(step_fn, images, feats, start, ckpt_root, log, progress, snapshot)
+    final = step_fn.ema_decoder()
+    if main:
         _save_atomic(final, run, layer)
     accelerator.wait_for_everyone()
     return final
 
 
+def progress_writer(
+    cfg: Config, encoder: Encoder, step_fn: DecoderStep, out_dir: Path
+) -> Callable[[int], Path]:
+    """A function ``step -> path`` writing ``out_dir/step-XXXXXXX.png``: for each of the first
+    ``decoder.progress_images`` validation images, one grid row per layer (input, then 4 samples drawn
+    with the EMA weights, DDIM, fixed seeds), so successive files show the same inputs and noise."""
+    from rcdm_viz.decoder.grids import png_bytes
+    from rcdm_viz.decoder.sampling import sample, sample_grid
+    from rcdm_viz.runs import atomic_write_bytes
+
+    dec = cfg.decoder
+    images = load_images(cfg.data, "val", n=dec.progress_images, resolution=dec.resolution, progress=False)
+    enc_images = _encoder_view(cfg, encoder, "val", dec.progress_images, images)
+    encoder.eval()
+    with torch.inference_mode():
+        reps = encoder(enc_images.batch(torch.arange(len(images))), layers=step_fn.layers)
+    shown = images.batch(torch.arange(len(images)))
+
+    def write(step: int) -> Path:
+        model = step_fn.accelerator.unwrap_model(step_fn.model)
+        params = list(model.parameters())
+        step_fn.ema.store(params)
+        step_fn.ema.copy_to(params)
+        try:
+            drawn = {  # layer -> [images, 4, 3, H, W]; sample j has the same noise for every image
+                name: sample(model, reps[name], n=4, steps=dec.progress_steps, layer=name, seed=0)
+                for name in step_fn.layers
+            }
+            scale = max(1, 64 // dec.resolution)
+            grids = [
+                sample_grid(shown[i], {f"val {i} {k}": v[i] for k, v in drawn.items()}, scale=scale)
+                for i in range(len(images))
+            ]
+        finally:
+            step_fn.ema.restore(params)
+        sheet = Image.new("RGB", (max(g.width for g in grids), sum(g.height for g in grids)), "white")
+        for i, grid in enumerate(grids):
+            sheet.paste(grid, (0, sum(g.height for g in grids[:i])))
+        path = out_dir / f"step-{step:07d}.png"
+        atomic_write_bytes(path, png_bytes(sheet))
+        return path
+
+    return write
+
+
+def training_batch(
+    step_fn: DecoderStep, images: ImageSet, feats: dict[str, Tensor], step: int
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """This process's share of step ``step``: images in [-1, 1], representations, layer indices."""
+    acc, dec, layers = step_fn.accelerator, step_fn.cfg, step_fn.layers
+    global_idx = batch_indices(len(images), dec.batch_size, step, dec.seed)
+    idx = shard(global_idx, acc)
+    x0 = images.batch(idx) * 2 - 1
+    if len(layers) == 1:
+        return x0, feats[layers[0]][idx], None
+    which = shard(draw_layers(len(layers), dec.batch_size, dec.seed, step), acc)
+    width = max(feats[name].shape[1] for name in layers)
+    return x0, pack_reps([feats[name] for name in layers], idx, which, width), which
+
+
 def _loop(
     step_fn: DecoderStep,
     images: ImageSet,
-    reps: Tensor,
+    feats: dict[str, Tensor],
     start: int,
-    ckpt_root,
+    ckpt_root: Path,
     log: MetricsLog,
     progress: bool,
+    snapshot: Callable[[int], Path] | None,
 ) -> None:
     acc, dec = step_fn.accelerator, step_fn.cfg
+    if dec.batch_size > len(images):
+        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {len(images)} training images")
+    name = ALL_LAYERS if len(step_fn.layers) > 1 else step_fn.layers[0]
     bar = tqdm(
-        range(start, dec.steps),
-        desc=f"decoder {step_fn.layer}",
-        disable=not (progress and acc.is_main_process),
+        range(start, dec.steps), desc=f"decoder {name}", disable=not (progress and acc.is_main_process)
     )
     tick, seen, window = time.perf_counter(), 0, []
     for step in bar:
-        idx = shard(batch_indices(len(images), dec.batch_size, step, dec.seed), acc)
-        loss = step_fn(images.batch(idx) * 2 - 1, reps[idx], step)
+        x0, reps, which = training_batch(step_fn, images, feats, step)
+        loss = step_fn(x0, reps, step, which)
         if not math.isfinite(loss):
             raise RcdmVizError(f"decoder loss became {loss} at step {step}; lower decoder.lr")
         window.append(loss)
@@ -183,16 +328,20 @@ def _loop(
             tick, seen, window = time.perf_counter(), 0, []
         if (step + 1) % dec.checkpoint_every == 0 and step + 1 < dec.steps:
             save_checkpoint(acc, ckpt_root, step + 1, dec.keep_checkpoints)
+        if snapshot is not None and ((step + 1) % dec.sample_every == 0 or step + 1 == dec.steps):
+            snapshot(step + 1)
+            tick = time.perf_counter()  # sampling time is not training throughput
 
 
 def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str) -> None:
-    """save_pretrained into a temporary directory, then swap it in."""
+    """save_pretrained into a temporary directory, then swap it in (keeping metrics and progress)."""
     final = run.decoder(layer)
     tmp = final.with_name(f".tmp-{layer}")
     shutil.rmtree(tmp, ignore_errors=True)
     decoder.save_pretrained(tmp)
-    metrics = final / "metrics.jsonl"
-    if metrics.is_file():
-        shutil.copy2(metrics, tmp / "metrics.jsonl")
+    if (final / "metrics.jsonl").is_file():
+        shutil.copy2(final / "metrics.jsonl", tmp / "metrics.jsonl")
+    if (final / "progress").is_dir():
+        shutil.copytree(final / "progress", tmp / "progress")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)

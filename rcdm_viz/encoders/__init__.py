@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rcdm_viz.encoders.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, load_encoder
-from rcdm_viz.encoders.projector import HeadSpec, parse_head
+from rcdm_viz.encoders.projector import HeadSpec, HeadStyle, parse_head
 from rcdm_viz.encoders.resnet import Arch
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Arch",
     "Encoder",
     "HeadSpec",
+    "HeadStyle",
     "build_encoder",
     "load_encoder",
     "parse_head",

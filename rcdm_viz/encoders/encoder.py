@@ -153,6 +153,21 @@ class Encoder(nn.Module):
             out.update(self.projector(out["trunk"], heads))
         return {name: out[name] for name in names}
 
+    @classmethod
+    def from_state_dict(cls, config: dict[str, Any], state: dict[str, Tensor]) -> Encoder:
+        """``Encoder(**config)`` holding exactly ``state`` (strict), in eval mode on CPU.
+
+        The modules are built on the meta device and the tensors of ``state`` assigned to them, so large
+        heads (e.g. 8192-wide) are never randomly initialised only to be overwritten.
+        """
+        with torch.device("meta"):
+            encoder = cls(**config)
+        encoder.load_state_dict(state, strict=True, assign=True)
+        # The normalisation buffers are config, not weights: rebuild them on CPU.
+        encoder._mean = torch.tensor(encoder.mean).view(1, 3, 1, 1)
+        encoder._std = torch.tensor(encoder.std).view(1, 3, 1, 1)
+        return encoder.eval()
+
     # ------------------------------------------------------------------------------------ utilities
     def num_params(self) -> int:
         """Number of parameters (trunk + projector)."""

@@ -1,17 +1,32 @@
-"""Probes on frozen features: what a linear read-out of each layer can tell (GR Figure 1, E/N appendix)."""
+"""Probes on frozen features: what each layer still tells (GR Figures 1-2, E/N Figures 4, 7, 8, 9).
+
+Per layer: linear classification probe (top-1), MLP probe, kNN accuracy, accuracy on binarized features
+(x > 0), sparsity (fraction of exact zeros), effective rank (RankMe) and, when the images have known
+factors, a ridge regression per factor (R², circular factors as sin/cos). Features of every layer come
+from ONE pass over the images and are cached in ``features/probe-<split>.safetensors``, keyed by the
+encoder's fingerprint and the image set.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rcdm_viz.config import Config, ProbeConfig
+from rcdm_viz.config import Config, ProbeConfig, ProbeSolver, to_dict
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, write_json
+
+# ---------------------------------------------------------------------------------------------- features
 
 
 @torch.inference_mode()
@@ -34,10 +49,90 @@ def extract_features(
     return {name: torch.cat(parts) for name, parts in chunks.items()}
 
 
+def cached_probe_features(
+    encoder: nn.Module, images: ImageSet, layers: Sequence[str], path: Path, key: str, progress: bool = False
+) -> dict[str, Tensor]:
+    """All ``layers`` of ``images`` from the cache file ``path`` or from one fresh pass (then cached).
+
+    The file holds one float16 tensor per layer plus metadata (encoder fingerprint, image-set ``key``);
+    any mismatch (other encoder, other images, a layer missing) recomputes every layer in one pass.
+    Returns layer -> float32 [N, D].
+    """
+    meta = {"encoder": encoder.fingerprint(), "images": key, "n": str(len(images))}
+    path = Path(path)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                if fh.metadata() == meta and set(layers) <= set(fh.keys()):
+                    return {name: fh.get_tensor(name).float() for name in layers}
+        except (OSError, ValueError, RuntimeError):  # torn or corrupt: recompute
+            pass
+    feats = extract_features(encoder, images, layers, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in feats.items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+    # Return what the cache holds, so a first run and a cached run give identical numbers.
+    return {k: v.to(torch.float16).float() for k, v in feats.items()}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_splits(train_x: Tensor, test_x: Tensor, what: str) -> None:
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise RcdmVizError(f"{what} needs non-empty splits (train {len(train_x)}, test {len(test_x)})")
+
+
 def _standardize(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor]:
     """Scale features by the training set's statistics (a linear change: the probe class is the same)."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     return (train_x - mean) / std, (test_x - mean) / std
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+# ------------------------------------------------------------------------------------- linear probes
+
+
+def _fit_lbfgs(x: Tensor, y: Tensor, num_classes: int, cfg: ProbeConfig) -> nn.Linear:
+    """Multinomial logistic regression, full batch: min mean CE(Wx + b, y) + l2/2 |W|^2 by L-BFGS."""
+    probe = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    opt = torch.optim.LBFGS(
+        probe.parameters(), lr=1.0, max_iter=cfg.lbfgs_steps, history_size=20,
+        tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(probe(x), y) + 0.5 * cfg.l2 * probe.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return probe
+
+
+def _fit_adamw(x: Tensor, y: Tensor, num_classes: int, cfg: ProbeConfig, seed: int) -> nn.Linear:
+    """E/N's protocol: AdamW (lr, weight decay), minibatches, ``epochs`` passes, cross-entropy."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    probe = nn.Linear(x.shape[1], num_classes)
+    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            loss = nn.functional.cross_entropy(probe(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return probe
 
 
 def linear_probe(
@@ -48,28 +143,184 @@ def linear_probe(
     cfg: ProbeConfig | None = None,
     seed: int = 0,
 ) -> float:
-    """Top-1 accuracy of a linear classifier trained on (train_x [N,D], train_y [N]) on the test split.
+    """Top-1 accuracy on (test_x, test_y) of a linear classifier fitted on (train_x [N,D], train_y [N]).
 
-    E/N's probe: AdamW (lr 1e-4, wd 0.04), batch 1024, 100 epochs, cross-entropy; features standardized.
+    Features are standardized by the training split. ``cfg.solver`` picks full-batch L-BFGS (default) or
+    E/N's minibatch AdamW (lr 1e-4, wd 0.04, batch 1024, 100 epochs).
     """
     cfg = cfg or ProbeConfig()
-    if len(train_x) == 0 or len(test_x) == 0:
-        raise RcdmVizError(f"linear probe needs non-empty splits (train {len(train_x)}, test {len(test_x)})")
+    _check_splits(train_x, test_x, "linear probe")
     train_x, test_x = _standardize(train_x.float(), test_x.float())
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    gen = torch.Generator().manual_seed(seed)
-    probe = nn.Linear(train_x.shape[1], num_classes)
-    opt = torch.optim.AdamW(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for _ in range(cfg.epochs):
-        perm = torch.randperm(len(train_x), generator=gen)
-        for start in range(0, len(perm), cfg.batch_size):
-            idx = perm[start : start + cfg.batch_size]
-            loss = nn.functional.cross_entropy(probe(train_x[idx]), train_y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with torch.enable_grad():
+        if cfg.solver is ProbeSolver.LBFGS:
+            probe = _fit_lbfgs(train_x, train_y, num_classes, cfg)
+        else:
+            probe = _fit_adamw(train_x, train_y, num_classes, cfg, seed)
     with torch.no_grad():
-        return float((probe(test_x).argmax(1) == test_y).float().mean())
+        return _accuracy(probe(test_x), test_y)
+
+
+def mlp_probe(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, cfg: ProbeConfig, seed: int = 0
+) -> float:
+    """Top-1 of a 3-layer MLP probe (E/N Figure 8): Linear-BN-ReLU x2, Linear; AdamW, batch 256."""
+    _check_splits(train_x, test_x, "MLP probe")
+    train_x, test_x = _standardize(train_x.float(), test_x.float())
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    h = cfg.mlp_hidden
+    mlp = nn.Sequential(
+        nn.Linear(train_x.shape[1], h), nn.BatchNorm1d(h), nn.ReLU(),
+        nn.Linear(h, h), nn.BatchNorm1d(h), nn.ReLU(),
+        nn.Linear(h, num_classes),
+    )
+    opt = torch.optim.AdamW(mlp.parameters(), lr=cfg.mlp_lr, weight_decay=1e-4)
+    steps = cfg.mlp_epochs * math.ceil(len(train_x) / 256)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))
+    with torch.enable_grad():
+        for _ in range(cfg.mlp_epochs):
+            perm = torch.randperm(len(train_x), generator=gen)
+            for start in range(0, len(perm) - 1, 256):  # a last batch of 1 would break BatchNorm
+                idx = perm[start : start + 256]
+                loss = nn.functional.cross_entropy(mlp(train_x[idx]), train_y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    mlp.eval()
+    with torch.no_grad():
+        return _accuracy(mlp(test_x), test_y)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, k: int = 20, temperature: float = 0.07
+) -> float:
+    """Weighted kNN top-1 (Wu et al. 2018, as DINO): cosine neighbours, votes weighted exp(cos / T)."""
+    _check_splits(train_x, test_x, "kNN probe")
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    train_n = nn.functional.normalize(train_x.float(), dim=1)
+    correct = 0
+    for start in range(0, len(test_x), 512):
+        q = nn.functional.normalize(test_x[start : start + 512].float(), dim=1)
+        sims, idx = (q @ train_n.T).topk(min(k, len(train_n)), dim=1)
+        votes = torch.zeros(len(q), num_classes).scatter_add_(1, train_y[idx], (sims / temperature).exp())
+        correct += int((votes.argmax(1) == test_y[start : start + 512]).sum())
+    return correct / len(test_x)
+
+
+# ------------------------------------------------------------------------------- feature statistics
+
+
+def sparsity(x: Tensor) -> float:
+    """Fraction of exactly-zero activations over all samples and dimensions (E/N Figure 7)."""
+    return float((x == 0).float().mean())
+
+
+def binarize(x: Tensor) -> Tensor:
+    """E/N §4.3: every non-zero (x > 0) activation set to one, the rest to zero."""
+    return (x > 0).float()
+
+
+@torch.no_grad()
+def rankme(x: Tensor, eps: float = 1e-7) -> float:
+    """Effective rank (Garrido et al. 2023): exp of the entropy of the normalized singular values of x [N, D].
+
+    p_k = sigma_k / |sigma|_1 + eps; RankMe = exp(-sum p_k log p_k). At most min(N, D).
+    """
+    x = x.double()
+    small = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x  # Gram matrix of the smaller side
+    sigma = torch.linalg.eigvalsh(small).clamp_min(0).sqrt()
+    p = sigma / sigma.sum().clamp_min(1e-300) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+# ------------------------------------------------------------------------------------ factor probes
+
+
+def factor_targets(
+    factors: dict[str, Tensor], ranges: dict[str, tuple[float, float]], circular: Sequence[str]
+) -> dict[str, Tensor]:
+    """Regression targets per factor: [N, 1] for a linear factor, [N, 2] (sin, cos) for a circular one.
+
+    A circular factor's range is mapped onto one turn, so its two ends are the same angle (GR Figure 2).
+    """
+    out = {}
+    for name, v in factors.items():
+        lo, hi = ranges[name]
+        if name in circular:
+            angle = 2 * math.pi * (v.double() - lo) / (hi - lo)
+            out[name] = torch.stack([angle.sin(), angle.cos()], dim=1).float()
+        else:
+            out[name] = v.float()[:, None]
+    return out
+
+
+def ridge_fit(x: Tensor, y: Tensor, ridge: float) -> Tensor:
+    """Ridge weights W [D, T] minimising |X W - Y|^2 / N + ridge |W|^2 for centred x [N, D], y [N, T].
+
+    Uses the primal (D x D) or the dual (N x N) system, whichever is smaller (Woodbury identity).
+    """
+    n, d = x.shape
+    x, y = x.double(), y.double()
+    lam = ridge * n
+    if d <= n:
+        return torch.linalg.solve(x.T @ x + lam * torch.eye(d, dtype=x.dtype), x.T @ y).float()
+    return (x.T @ torch.linalg.solve(x @ x.T + lam * torch.eye(n, dtype=x.dtype), y)).float()
+
+
+def r2_score(pred: Tensor, target: Tensor) -> float:
+    """Coefficient of determination over all target columns: 1 - SSE / SST (SST around target mean)."""
+    sse = (pred - target).pow(2).sum()
+    sst = (target - target.mean(0)).pow(2).sum().clamp_min(1e-12)
+    return float(1 - sse / sst)
+
+
+def factor_probe(
+    train_x: Tensor, train_t: dict[str, Tensor], test_x: Tensor, test_t: dict[str, Tensor], ridge: float
+) -> dict[str, float]:
+    """Validation R² of a linear (ridge) regression from features to each factor's targets (GR Figure 2)."""
+    _check_splits(train_x, test_x, "factor probe")
+    train_x, test_x = _standardize(train_x.float(), test_x.float())
+    targets = list(train_t)
+    y = torch.cat([train_t[k] for k in targets], dim=1)
+    y_mean = y.mean(0)
+    w = ridge_fit(train_x, y - y_mean, ridge)
+    pred = test_x @ w + y_mean
+    out, col = {}, 0
+    for name in targets:
+        width = train_t[name].shape[1]
+        out[name] = r2_score(pred[:, col : col + width], test_t[name])
+        col += width
+    return out
+
+
+# ------------------------------------------------------------------------------------------ per layer
+
+
+def probe_layer(
+    train_x: Tensor,
+    train_y: Tensor,
+    val_x: Tensor,
+    val_y: Tensor,
+    cfg: ProbeConfig,
+    train_t: dict[str, Tensor] | None = None,
+    val_t: dict[str, Tensor] | None = None,
+) -> dict:
+    """Every probe of one layer: linear/MLP/kNN/binarized accuracy, sparsity, RankMe, factor R²."""
+    row: dict = {"dim": int(train_x.shape[1])}
+    row["linear_acc"] = linear_probe(train_x, train_y, val_x, val_y, cfg)
+    if cfg.mlp_epochs > 0:
+        row["mlp_acc"] = mlp_probe(train_x, train_y, val_x, val_y, cfg)
+    row["knn_acc"] = knn_accuracy(train_x, train_y, val_x, val_y, cfg.knn_k, cfg.knn_temperature)
+    row["binary_acc"] = linear_probe(binarize(train_x), train_y, binarize(val_x), val_y, cfg)
+    row["sparsity"] = sparsity(val_x)
+    row["rankme"] = rankme(train_x[: cfg.rankme_n])
+    if train_t is not None and val_t is not None:
+        row["factor_r2"] = factor_probe(train_x, train_t, val_x, val_t, cfg.ridge)
+    return row
 
 
 def probe_layers(
@@ -79,48 +330,103 @@ def probe_layers(
     val_y: Tensor,
     cfg: ProbeConfig,
     progress: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Linear-probe accuracy per layer: layer -> {"linear_acc": top-1, "dim": D}."""
+    train_t: dict[str, Tensor] | None = None,
+    val_t: dict[str, Tensor] | None = None,
+) -> dict[str, dict]:
+    """``probe_layer`` for every layer of ``train_feats``: layer -> its row."""
     results = {}
     for name in tqdm(list(train_feats), desc="probes", disable=not progress, leave=False):
-        acc = linear_probe(train_feats[name], train_y, val_feats[name], val_y, cfg)
-        results[name] = {"linear_acc": acc, "dim": int(train_feats[name].shape[1])}
+        results[name] = probe_layer(train_feats[name], train_y, val_feats[name], val_y, cfg, train_t, val_t)
     return results
 
 
-def format_table(results: dict[str, dict[str, float]], chance: float | None = None) -> str:
-    """A plain-text table of per-layer probe results."""
-    lines = [f"{'layer':<8} {'dim':>6} {'linear acc':>11}"]
+def format_table(results: dict[str, dict], chance: float | None = None) -> str:
+    """A plain-text table of per-layer probe results (accuracies in %, factor R² averaged)."""
+    cols = [("linear_acc", "linear"), ("mlp_acc", "mlp"), ("knn_acc", "knn"), ("binary_acc", "binary")]
+    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{t:>7}" for _, t in cols)
+             + f" {'sparsity':>8} {'rankme':>7} {'factor R2':>9}"]
     for name, row in results.items():
-        lines.append(f"{name:<8} {int(row['dim']):>6} {100 * row['linear_acc']:>10.1f}%")
+        accs = " ".join(f"{100 * row[k]:>6.1f}%" if k in row else f"{'-':>7}" for k, _ in cols)
+        r2 = row.get("factor_r2")
+        r2_text = f"{sum(r2.values()) / len(r2):>9.3f}" if r2 else f"{'-':>9}"
+        lines.append(
+            f"{name:<8} {int(row['dim']):>6} {accs} {row.get('sparsity', 0):>8.3f} "
+            f"{row.get('rankme', 0):>7.1f} {r2_text}"
+        )
     if chance is not None:
-        lines.append(f"(chance: {100 * chance:.1f}%)")
+        lines.append(f"(chance: {100 * chance:.1f}%; factor R2 = mean over factors)")
     return "\n".join(lines)
 
 
-def probe_run(cfg: Config, run: RunDir, progress: bool = True) -> dict:
-    """Linear probes on object class at every layer of a run's encoder; writes ``encoder/probes.json``.
+# ------------------------------------------------------------------------------------------ the run
 
-    Returns {"layers": {layer: {"linear_acc", "dim"}}, "chance": float, "n_train": int, "n_val": int}.
+
+def select_layers(encoder: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
+    """``None``/"all" -> every layer (stage1..3, trunk, heads); else the named ones, checked."""
+    valid = list(encoder.all_layer_names)
+    if layers is None or layers == "all":
+        return valid
+    names = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers)
+    names = [n for n in names if n]
+    if not names:
+        raise RcdmVizError(f"no layers selected by {layers!r}")
+    for name in names:
+        if name not in valid:
+            raise RcdmVizError(f"unknown layer '{name}'; this encoder has: {', '.join(valid)}")
+    return names
+
+
+def _factor_info(images: ImageSet) -> tuple[dict[str, tuple[float, float]], tuple[str, ...]] | None:
+    if not images.factors:
+        return None
+    from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
+
+    return FACTOR_RANGES, CIRCULAR
+
+
+def probe_run(
+    cfg: Config, run: RunDir, progress: bool = True, layers: str | Sequence[str] | None = None
+) -> dict:
+    """Every probe at every layer of a run's encoder, plus encoder invariance; writes encoder/probes.json.
+
+    Returns {"layers": {layer: row}, "invariance": {layer: {aug: score}}, "chance", "n_train", "n_val",
+    "encoder": fingerprint, "probe": the probe config}.
     """
+    from rcdm_viz.decoder.train import images_key
     from rcdm_viz.encoders import load_encoder  # deferred: the probe maths above needs no model code
+    from rcdm_viz.evaluation.invariance import encoder_invariance
 
     encoder = load_encoder(run.require_encoder())
+    names = select_layers(encoder, layers)
     res = encoder.config["resolution"]
     n_train = cfg.probe.n_train or cfg.data.n_train
     train = load_images(cfg.data, "train", n=n_train, resolution=res, progress=progress)
     val = load_images(cfg.data, "val", resolution=res, progress=progress)
-    layers = encoder.all_layer_names
-    train_f = extract_features(encoder, train, layers, progress=progress)
-    val_f = extract_features(encoder, val, layers, progress=progress)
-    results = probe_layers(train_f, train.labels, val_f, val.labels, cfg.probe, progress=progress)
-    counts = torch.bincount(val.labels)
+    feats = {}
+    for split, images in (("train", train), ("val", val)):
+        key = images_key(cfg.data, split, len(images), res)
+        path = run.features / f"probe-{split}.safetensors"
+        feats[split] = cached_probe_features(encoder, images, encoder.all_layer_names, path, key, progress)
+    train_t = val_t = None
+    if (info := _factor_info(train)) is not None and val.factors is not None:
+        train_t = factor_targets(train.factors, *info)
+        val_t = factor_targets(val.factors, *info)
+    results = probe_layers(
+        {k: feats["train"][k] for k in names}, train.labels, {k: feats["val"][k] for k in names}, val.labels,
+        cfg.probe, progress=progress, train_t=train_t, val_t=val_t,
+    )
+    n_inv = min(len(val), cfg.probe.invariance_images)
+    invariance = encoder_invariance(encoder, val.batch(torch.arange(n_inv)), layers=names)
     summary = {
         "layers": results,
-        "chance": float(counts.max()) / len(val),
+        "invariance": invariance,
+        "chance": float(torch.bincount(val.labels).max()) / len(val),
         "n_train": len(train),
         "n_val": len(val),
-        "probe": {"epochs": cfg.probe.epochs, "lr": cfg.probe.lr, "weight_decay": cfg.probe.weight_decay},
+        "n_invariance": n_inv,
+        "encoder": encoder.fingerprint(),
+        "width": encoder.config["width"],
+        "probe": to_dict(cfg.probe),
     }
     write_json(run.probes, summary)
     return summary

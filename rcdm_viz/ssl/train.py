@@ -1,24 +1,33 @@
-"""SSL encoder training through accelerate: one step function, one loop, resumable."""
+"""SSL encoder training through accelerate: one step function, one loop, online probes, resumable.
+
+What a method needs (a pairing of images, an EMA target network, extra trainable modules, labels) is
+declared in its ``MethodSpec``; the step only wires those parts, it never tests a method's name.
+"""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, EncoderConfig, SSLConfig
 from rcdm_viz.data.sources import ImageSet, load_images
-from rcdm_viz.data.views import two_views
+from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder, build_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import ALL_SECTIONS, MetricsLog, RunDir, record_config
-from rcdm_viz.ssl.methods import MethodSpec, get_method
+from rcdm_viz.ssl.batchnorm import convert_global_batchnorm
+from rcdm_viz.ssl.methods import Embedded, MethodSpec, byol_momentum, get_method
+from rcdm_viz.ssl.optim import make_optimizer
+from rcdm_viz.ssl.pairing import PairFn, make_pairing
 from rcdm_viz.training import (
     batch_indices,
     generator_for,
@@ -27,6 +36,8 @@ from rcdm_viz.training import (
     save_checkpoint,
     shard,
 )
+
+__all__ = ["SSLModel", "SSLStep", "build_ssl_step", "encoder_from_config", "make_optimizer", "train_encoder"]
 
 
 def encoder_from_config(enc: EncoderConfig, resolution: int) -> Encoder:
@@ -48,63 +59,179 @@ def total_steps(n_train: int, ssl: SSLConfig) -> int:
     return max(1, ssl.epochs * (n_train // ssl.batch_size))
 
 
-def make_optimizer(
-    model: nn.Module, ssl: SSLConfig, steps: int, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """AdamW (GR) with linear warm-up and cosine decay; lr scaled linearly with batch / 256.
+class SSLModel(nn.Module):
+    """What the main optimiser trains: the encoder plus the method's extras; forward returns the loss.
 
-    Biases and normalisation parameters get no weight decay, as usual for SSL recipes.
+    The whole loss is computed inside ``forward`` so that DDP sees every trainable parameter used there.
     """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    lr = ssl.lr * ssl.batch_size / 256
-    groups = [{"params": decay, "weight_decay": ssl.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=lr)
-    warmup = min(steps // 2, round(ssl.warmup_epochs * steps_per_epoch))
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+
+    def __init__(self, encoder: Encoder, method: MethodSpec, ssl: SSLConfig, num_classes: int) -> None:
+        super().__init__()
+        self.encoder, self.method, self.ssl = encoder, method, ssl
+        dim = encoder.layer_dims[encoder.embedding_layer]
+        self.extras = method.extras(dim, ssl, num_classes)
+
+    def forward(
+        self, v1: Tensor, v2: Tensor, labels: Tensor, targets: tuple[Tensor, Tensor] | None, layers: list[str]
+    ) -> tuple[Tensor, dict[str, float], dict[str, Tensor]]:
+        """Views [n,3,h,w] each, labels long [n], target embeddings ([n,K], [n,K]) or None.
+
+        Returns (loss, values to log, detached features of both views [2n, dim] for every name in
+        ``layers``).
+        """
+        emb = self.encoder.embedding_layer
+        out = self.encoder(torch.cat([v1, v2]), layers=list(dict.fromkeys([*layers, emb])))
+        z1, z2 = out[emb].float().chunk(2)
+        t1, t2 = targets if targets is not None else (None, None)
+        loss, logs = self.method.loss(Embedded(z1, z2, labels, t1, t2), self.extras, self.ssl)
+        return loss, logs, {name: out[name].detach() for name in layers}
+
+
+class TargetNetwork(nn.Module):
+    """BYOL's target: an EMA copy of the encoder (trunk + projector), never trained by gradients."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder).requires_grad_(False)
+
+    @torch.no_grad()
+    def embed(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+        """Target embeddings of both views: ([n, K], [n, K]) (BatchNorm on batch statistics, as BYOL)."""
+        layer = self.encoder.embedding_layer
+        self.encoder.train()
+        z1, z2 = self.encoder(torch.cat([v1, v2]), layers=[layer])[layer].float().chunk(2)
+        return z1, z2
+
+    @torch.no_grad()
+    def update(self, online: Encoder, momentum: float) -> None:
+        """theta_target <- m * theta_target + (1 - m) * theta_online (parameters only; buffers are own)."""
+        target = list(self.encoder.parameters())
+        torch._foreach_lerp_(target, [p.detach() for p in online.parameters()], 1.0 - momentum)
+
+
+class OnlineProbes(nn.Module):
+    """One linear classifier per layer, trained on detached features while the encoder trains."""
+
+    def __init__(self, dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.layers = list(dims)
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, num_classes) for name, dim in dims.items()})
+
+    def forward(self, feats: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Summed cross-entropy over layers, and top-1 accuracy of each layer's probe [len(layers)]."""
+        loss = torch.zeros((), device=labels.device)
+        acc = []
+        for name in self.layers:
+            logits = self.heads[name](feats[name].float())
+            loss = loss + F.cross_entropy(logits, labels)
+            acc.append((logits.argmax(1) == labels).float().mean())
+        return loss, torch.stack(acc).detach()
 
 
 @dataclass
 class SSLStep:
-    """Everything one SSL optimisation step needs (prepared by accelerate)."""
+    """Everything one SSL optimisation step needs (model, probes prepared by accelerate)."""
 
     accelerator: Accelerator
-    model: nn.Module
+    model: nn.Module  # prepared SSLModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    method: MethodSpec
-    embedding_layer: str
     cfg: Config
+    total_steps: int
+    target: TargetNetwork | None = None
+    probes: nn.Module | None = None  # prepared OnlineProbes
+    probe_optimizer: torch.optim.Optimizer | None = None
 
-    def __call__(self, images: Tensor, step: int) -> dict[str, float]:
-        """One step on this process's share of the global batch: float images [n,3,H,W] in [0,1]."""
+    def __call__(
+        self, images: Tensor, step: int, labels: Tensor, partners: Tensor | None = None
+    ) -> dict[str, float]:
+        """One step on this process's share of the global batch: float images [n,3,H,W] in [0,1].
+
+        ``partners`` [n,3,H,W] are the images of the second views (default: ``images`` themselves).
+        """
+        dev = self.accelerator.device
         gen = generator_for(self.cfg.ssl.seed, "views", step, self.accelerator.process_index)
-        v1, v2 = two_views(images.to(self.accelerator.device), gen, self.cfg.views)
+        v1 = make_views(images.to(dev), gen, self.cfg.views, 0)
+        v2 = make_views((images if partners is None else partners).to(dev), gen, self.cfg.views, 1)
+        return self.update(v1, v2, labels.to(dev), step)
+
+    def update(self, v1: Tensor, v2: Tensor, labels: Tensor, step: int) -> dict[str, float]:
+        """Loss, backward and optimiser step on given views [n,3,h,w]; then EMA target and probes."""
         self.model.train()
-        out = self.model(torch.cat([v1, v2]), layers=[self.embedding_layer])[self.embedding_layer]
-        z1, z2 = out.float().chunk(2)
-        loss, logs = self.method.loss(z1, z2, self.cfg.ssl)
+        targets = None
+        if self.target is not None:
+            with self.accelerator.autocast():
+                targets = self.target.embed(v1, v2)
+        layers = self.accelerator.unwrap_model(self.probes).layers if self.probes is not None else []
+        loss, logs, feats = self.model(v1, v2, labels, targets, layers)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), **logs}
+        if self.target is not None:
+            online = self.accelerator.unwrap_model(self.model).encoder
+            momentum = byol_momentum(self.cfg.ssl.byol_momentum, step, self.total_steps)
+            self.target.update(online, momentum)
+            logs["byol_momentum"] = momentum
+        if self.probes is not None and self.probe_optimizer is not None:
+            probe_loss, accuracy = self.probes(feats, torch.cat([labels, labels]))
+            self.probe_optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(probe_loss)
+            self.probe_optimizer.step()
+            # Accuracy on this step's global batch (before the probes' update), logged as probe/<layer>.
+            logs.update(
+                zip([f"probe/{n}" for n in layers], self._mean_over_ranks(accuracy).tolist(), strict=True)
+            )
+        return {"loss": float(self._mean_over_ranks(loss.detach())), **logs}
+
+    def _mean_over_ranks(self, value: Tensor) -> Tensor:
+        """Mean of a per-rank value (a local loss, e.g. cross-entropy, gives the global batch's mean)."""
+        if self.accelerator.num_processes == 1:
+            return value
+        return self.accelerator.reduce(value, reduction="mean")
+
+
+def build_ssl_step(
+    cfg: Config, accelerator: Accelerator, num_classes: int, steps: int, steps_per_epoch: int
+) -> tuple[SSLStep, Encoder]:
+    """Build, seed and ``prepare`` every part of an SSL step; returns it and the (unwrapped) encoder."""
+    torch.manual_seed(cfg.ssl.seed)  # initialisation
+    method = get_method(cfg.ssl.method)
+    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution)
+    module: nn.Module = SSLModel(encoder, method, cfg.ssl, num_classes)
+    if accelerator.num_processes > 1 and cfg.ssl.sync_batchnorm:
+        # Global-batch BatchNorm statistics, as SimCLR / VICReg / BYOL train on several devices.
+        cuda = accelerator.device.type == "cuda"
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module) if cuda else convert_global_batchnorm(module)
+    optimizer, scheduler = make_optimizer(module, cfg.ssl, steps, steps_per_epoch)
+    target = TargetNetwork(module.encoder).to(accelerator.device) if method.target_network else None
+    model, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    probes = probe_optimizer = None
+    if cfg.ssl.online_probes and num_classes >= 2:
+        dims = {name: encoder.layer_dims[name] for name in encoder.layer_names}
+        probe_module = OnlineProbes(dims, num_classes)
+        probe_opt = torch.optim.AdamW(probe_module.parameters(), lr=cfg.ssl.probe_lr, weight_decay=0.0)
+        probes, probe_optimizer = accelerator.prepare(probe_module, probe_opt)
+    if target is not None:
+        accelerator.register_for_checkpointing(target)
+    step = SSLStep(accelerator, model, optimizer, scheduler, cfg, steps, target, probes, probe_optimizer)
+    return step, accelerator.unwrap_model(model).encoder
 
 
 def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool = True) -> Encoder:
     """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` and metrics; returns the encoder (eval)."""
     accelerator = make_accelerator(cfg.ssl.precision)
-    torch.manual_seed(cfg.ssl.seed)  # initialisation
+    method = get_method(cfg.ssl.method)
     train = load_images(cfg.data, "train", progress=progress and accelerator.is_main_process)
+    if method.needs_labels and train.num_classes < 2:
+        raise RcdmVizError(
+            f"method '{method.name.value}' needs labelled images; data has {train.num_classes} class(es)"
+        )
     steps = total_steps(len(train), cfg.ssl)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution)
-    optimizer, scheduler = make_optimizer(encoder, cfg.ssl, steps, len(train) // cfg.ssl.batch_size)
-    embedding_layer = encoder.embedding_layer
-    model, optimizer, scheduler = accelerator.prepare(encoder, optimizer, scheduler)
-    step_fn = SSLStep(
-        accelerator, model, optimizer, scheduler, get_method(cfg.ssl.method), embedding_layer, cfg
+    step_fn, encoder = build_ssl_step(
+        cfg, accelerator, train.num_classes, steps, len(train) // cfg.ssl.batch_size
     )
+    pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder, accelerator.device)
     ckpt_root = run.checkpoints("encoder")
     start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
     log = MetricsLog(run.encoder_metrics, enabled=accelerator.is_main_process)
@@ -112,8 +239,8 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
         record_config(run, cfg, ALL_SECTIONS)
         log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
-    _loop(step_fn, train, start, steps, ckpt_root, log, progress)
-    encoder = accelerator.unwrap_model(model).eval()
+    _loop(step_fn, train, pairing, start, steps, ckpt_root, log, progress)
+    encoder.eval()
     if accelerator.is_main_process:
         encoder.save(run.encoder)
     accelerator.wait_for_everyone()
@@ -121,15 +248,25 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
 
 
 def _loop(
-    step_fn: SSLStep, train: ImageSet, start: int, steps: int, ckpt_root, log: MetricsLog, progress: bool
+    step_fn: SSLStep,
+    train: ImageSet,
+    pairing: PairFn,
+    start: int,
+    steps: int,
+    ckpt_root: Path,
+    log: MetricsLog,
+    progress: bool,
 ) -> None:
     acc, ssl = step_fn.accelerator, step_fn.cfg.ssl
     per_epoch = len(train) // ssl.batch_size
     bar = tqdm(range(start, steps), desc="encoder", disable=not (progress and acc.is_main_process))
     tick, seen = time.perf_counter(), 0
     for step in bar:
-        idx = shard(batch_indices(len(train), ssl.batch_size, step, ssl.seed), acc)
-        logs = step_fn(train.batch(idx), step)
+        global_idx = batch_indices(len(train), ssl.batch_size, step, ssl.seed)
+        partner_idx = pairing(global_idx, step)  # on the global batch: the same for any number of ranks
+        idx = shard(global_idx, acc)
+        partners = None if partner_idx is global_idx else train.batch(shard(partner_idx, acc))
+        logs = step_fn(train.batch(idx), step, train.labels[idx].long(), partners)
         seen += ssl.batch_size
         if not math.isfinite(logs["loss"]):
             raise RcdmVizError(f"encoder loss became {logs['loss']} at step {step}; lower ssl.lr")

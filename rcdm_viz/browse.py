@@ -1,0 +1,574 @@
+"""Reading run directories for the browser (``app/streamlit_app.py``): all the app shows comes from here.
+
+The app renders; this module finds runs under a runs root, resolves names given in the URL or the sidebar
+without ever leaving that root, and reads what a run holds so far. A run may be half-written (a training
+still in progress: metrics but no encoder yet, a decoder directory with only metrics.jsonl) or hold a
+corrupt file: readers then return what they could read plus a list of problems in words, never raise for
+what a run on disk looks like. Errors a user causes (a bad run name, a non-image upload) raise
+``RcdmVizError`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image, UnidentifiedImageError
+
+from rcdm_viz.config import Config, SampleConfig, SamplerName, config_from_dict
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import RunDir, read_metrics
+
+RUNS_ENV = "RCDM_VIZ_RUNS"  # environment variable naming the runs root (`rcdm-viz app --runs DIR` sets it)
+DEFAULT_RUNS = "runs"  # runs root when the variable is unset
+MAX_DEPTH = 3  # runs may be grouped in folders (runs/widths/d512), at most this deep
+_RUN_MARKERS = ("config.yaml", "encoder", "decoders", "samples")  # any of these makes a directory a run
+_NOT_STRIPS = ("grid", "input")  # PNGs of a sample directory that are not a layer's samples
+# Keys of a metrics.jsonl record that are bookkeeping, not curves to plot against the step.
+CURVE_SKIP = ("step", "epoch")
+
+
+# ------------------------------------------------------------------------------------ runs and paths
+
+
+def runs_root(value: str | os.PathLike[str] | None = None) -> Path:
+    """The runs root: ``value``, else $RCDM_VIZ_RUNS, else ``runs/``; absolute, symlinks resolved."""
+    raw = value if value not in (None, "") else os.environ.get(RUNS_ENV) or DEFAULT_RUNS
+    return Path(raw).expanduser().resolve()
+
+
+def safe_join(base: Path, *parts: str) -> Path:
+    """``base/part/...`` resolved, refusing anything that is not a plain name or lands outside ``base``.
+
+    Names come from URLs and file listings, so ``..``, absolute paths, separators and symlinks that point
+    elsewhere are all refused; the final check compares resolved paths (``is_relative_to``).
+    """
+    root = Path(base).resolve()
+    path = root
+    for part in parts:
+        if (
+            not isinstance(part, str)
+            or part in ("", ".", "..")
+            or "/" in part
+            or "\\" in part
+            or "\x00" in part
+        ):
+            raise RcdmVizError(f"'{part}' is not a valid name inside '{root}'")
+        path = path / part
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise RcdmVizError(f"'{'/'.join(parts)}' leads outside '{root}'")
+    return resolved
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds any part of a run (config.yaml, encoder/, decoders/ or samples/)."""
+    return any((Path(path) / marker).exists() for marker in _RUN_MARKERS)
+
+
+def list_runs(root: Path) -> list[str]:
+    """Names (relative paths, '/'-separated) of the run directories under ``root``, sorted.
+
+    A run is a directory holding config.yaml, encoder/, decoders/ or samples/; folders that are not runs
+    are searched up to ``MAX_DEPTH`` levels. Hidden directories and links leaving the root are skipped.
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise RcdmVizError(f"runs root '{root}' does not exist or is not a directory")
+    found: list[str] = []
+    frontier = [root]
+    for _ in range(MAX_DEPTH):
+        deeper = []
+        for folder in frontier:
+            for child in sorted(folder.iterdir()):
+                if child.name.startswith(".") or not child.is_dir():
+                    continue
+                if not child.resolve().is_relative_to(root):
+                    continue
+                if is_run_dir(child):
+                    found.append(child.relative_to(root).as_posix())
+                else:
+                    deeper.append(child)
+        frontier = deeper
+    return sorted(found)
+
+
+def resolve_run(root: Path, name: str) -> RunDir:
+    """The run called ``name`` (as ``list_runs`` names it) under ``root``, or a one-line error."""
+    if not isinstance(name, str) or not name.strip():
+        raise RcdmVizError("no run selected")
+    path = safe_join(root, *name.split("/"))
+    if not path.is_dir() or not is_run_dir(path):
+        raise RcdmVizError(f"'{name}' is not a run directory under '{Path(root).resolve()}'")
+    return RunDir(path)
+
+
+# ----------------------------------------------------------------------------------- small readers
+
+
+def _read_json(path: Path, problems: list[str]) -> Any:
+    """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"cannot read {path.name}: {exc}")
+        return None
+
+
+def open_png(path: Path) -> tuple[Image.Image | None, str | None]:
+    """(image, None) for a readable image file, else (None, a one-line reason): corrupt PNGs never raise."""
+    if not path.is_file():
+        return None, f"{path.name} is missing"
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB"), None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, f"{path.name} is not a readable image ({exc})"
+
+
+def upscale(img: Image.Image, min_side: int) -> Image.Image:
+    """``img`` enlarged by an integer factor (nearest neighbour) so its smaller side reaches ``min_side``;
+    the browser's own smooth scaling would blur 16-64 px samples."""
+    factor = max(1, math.ceil(min_side / max(1, min(img.size))))
+    if factor == 1:
+        return img
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+# ------------------------------------------------------------------------------------- run summary
+
+
+@dataclass
+class DecoderInfo:
+    """One directory under decoders/: its name, the layers it decodes, and whether training finished."""
+
+    name: str
+    layers: list[str]
+    complete: bool
+    metrics_records: int
+
+
+@dataclass
+class RunSummary:
+    """What a run holds so far; ``problems`` lists, in words, what is missing or unreadable."""
+
+    name: str
+    run: RunDir
+    config: dict[str, Any]
+    encoder: dict[str, Any] | None
+    layers: dict[str, int]
+    decoders: list[DecoderInfo]
+    samples: list[str]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.run.has_encoder()
+
+    def decodable_layers(self) -> list[str]:
+        """Layers some finished decoder covers (its own or the shared one), in the encoder's order."""
+        covered = {layer for d in self.decoders if d.complete for layer in d.layers}
+        order = list(self.layers)
+        return sorted(covered, key=lambda name: (order.index(name) if name in order else len(order), name))
+
+
+def encoder_layers(encoder_config: dict[str, Any]) -> dict[str, int]:
+    """Layer -> dimension of an encoder from its bundle's config.json (trunk, head1..headK), no weights."""
+    from rcdm_viz.encoders import parse_head
+
+    dims = {"trunk": int(encoder_config["width"])}
+    for i, dim in enumerate(parse_head(str(encoder_config["head"])).dims):
+        dims[f"head{i + 1}"] = dim
+    return dims
+
+
+def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
+    root = run.root / "decoders"
+    if not root.is_dir():
+        return []
+    infos = []
+    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        config = _read_json(path / "config.json", problems)
+        complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
+        layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [path.name]
+        records = len(read_metrics(path / "metrics.jsonl"))
+        infos.append(DecoderInfo(path.name, layers, complete, records))
+        if not complete:
+            problems.append(f"decoder '{path.name}' is not finished yet ({records} metrics records so far)")
+    return infos
+
+
+def list_samples(run: RunDir) -> list[str]:
+    """Image ids under samples/ that hold a grid.png or a meta.json, sorted."""
+    root = run.root / "samples"
+    if not root.is_dir():
+        return []
+    marked = ("grid.png", "meta.json")
+    return sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and any((p / m).exists() for m in marked)
+    )
+
+
+def read_config(run: RunDir, problems: list[str]) -> dict[str, Any]:
+    """The run's config.yaml as a dict ({} when absent or unreadable, noted in ``problems``)."""
+    if not run.config.is_file():
+        problems.append("config.yaml is missing")
+        return {}
+    try:
+        data = yaml.safe_load(run.config.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problems.append(f"cannot read config.yaml: {exc}")
+        return {}
+    if not isinstance(data, dict):
+        problems.append("config.yaml does not hold a mapping")
+        return {}
+    return data
+
+
+def summarize_run(root: Path, name: str) -> RunSummary:
+    """Everything the run page shows about run ``name`` (a bad name raises; a half-written run does not)."""
+    run = resolve_run(root, name)
+    problems: list[str] = []
+    config = read_config(run, problems)
+    encoder = None
+    layers: dict[str, int] = {}
+    if run.has_encoder():
+        encoder = _read_json(run.encoder / "config.json", problems)
+        try:
+            layers = encoder_layers(encoder) if isinstance(encoder, dict) else {}
+        except (KeyError, TypeError, ValueError, RcdmVizError) as exc:
+            problems.append(f"cannot tell the encoder's layers from encoder/config.json: {exc}")
+    else:
+        state = "training in progress" if run.encoder_metrics.is_file() else "not trained"
+        problems.append(f"no encoder yet ({state}): encoder/model.safetensors is missing")
+    decoders = _decoder_infos(run, problems)
+    return RunSummary(name, run, config, encoder, layers, decoders, list_samples(run), problems)
+
+
+# Config fields shown in the run's one-line summary (the full config.yaml is shown beside it).
+SUMMARY_FIELDS = (
+    "data.source",
+    "data.resolution",
+    "data.n_train",
+    "encoder.arch",
+    "encoder.width",
+    "encoder.head",
+    "ssl.method",
+    "ssl.epochs",
+    "ssl.batch_size",
+    "decoder.resolution",
+    "decoder.steps",
+    "sample.sampler",
+    "sample.steps",
+)
+
+
+def config_summary(config: dict[str, Any]) -> dict[str, Any]:
+    """``SUMMARY_FIELDS`` present in a run's config.yaml dict, as "section.key" -> value."""
+    out = {}
+    for key in SUMMARY_FIELDS:
+        section, name = key.split(".")
+        value = config.get(section, {})
+        if isinstance(value, dict) and name in value:
+            out[key] = value[name]
+    return out
+
+
+def run_config(summary: RunSummary) -> Config:
+    """The run's resolved Config (defaults where config.yaml is silent or unreadable)."""
+    try:
+        return config_from_dict(summary.config)
+    except RcdmVizError:
+        return Config()
+
+
+def training_curves(run: RunDir) -> dict[str, list[dict[str, Any]]]:
+    """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped)."""
+    curves = {}
+    if run.encoder_metrics.is_file():
+        curves["encoder"] = read_metrics(run.encoder_metrics)
+    root = run.root / "decoders"
+    if root.is_dir():
+        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if (path / "metrics.jsonl").is_file():
+                curves[f"decoder {path.name}"] = read_metrics(path / "metrics.jsonl")
+    return {name: records for name, records in curves.items() if records}
+
+
+def curve_columns(records: Sequence[dict[str, Any]]) -> list[str]:
+    """Numeric keys of metrics records worth plotting against the step (loss first)."""
+    keys: dict[str, None] = {}
+    for rec in records:
+        for key, value in rec.items():
+            if key not in CURVE_SKIP and isinstance(value, int | float) and not isinstance(value, bool):
+                keys[key] = None
+    return sorted(keys, key=lambda k: (k != "loss", k))
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+@dataclass
+class SampleView:
+    """One samples/<id>/ directory: the stored grid, the input, one strip of samples per layer."""
+
+    image_id: str
+    grid: Image.Image | None
+    input: Image.Image | None
+    strips: dict[str, Image.Image]
+    meta: dict[str, Any]
+    scores: dict[str, dict[str, Any]]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def is_interpolation(self) -> bool:
+        """An interpolation grid (rows = layer x sample, columns = image A -> image B), not a layer grid."""
+        return "alpha" in self.meta
+
+    def samples(self, layer: str) -> list[Image.Image]:
+        """The individual samples of ``layer`` cut out of its strip (make_grid, padding 1, one row)."""
+        strip, res = self.strips.get(layer), self.meta.get("resolution")
+        if strip is None or not isinstance(res, int) or res < 1:
+            return []
+        count = (strip.width - 1) // (res + 1)
+        return [strip.crop((1 + j * (res + 1), 1, 1 + j * (res + 1) + res, 1 + res)) for j in range(count)]
+
+
+def layer_rows(obj: Any) -> dict[str, dict[str, Any]]:
+    """Per-layer rows out of the shapes report files take: {"layers": {layer: {...}}}, {layer: {...}}, or a
+    list of {"layer": name, ...}; anything else gives {}."""
+    if isinstance(obj, dict) and isinstance(obj.get("layers"), dict | list):
+        obj = obj["layers"]
+    if isinstance(obj, list):
+        return {str(r["layer"]): {k: v for k, v in r.items() if k != "layer"} for r in obj
+                if isinstance(r, dict) and "layer" in r}
+    if isinstance(obj, dict):
+        return {str(k): v for k, v in obj.items() if isinstance(v, dict)}
+    return {}
+
+
+def load_sample(run: RunDir, image_id: str) -> SampleView:
+    """Read samples/<image_id>/ (a bad id raises; missing or corrupt files are listed in ``problems``)."""
+    folder = safe_join(run.root / "samples", image_id)
+    if not folder.is_dir():
+        raise RcdmVizError(f"no sample '{image_id}' in run '{run.root.name}'")
+    problems: list[str] = []
+    meta = _read_json(folder / "meta.json", problems)
+    meta = meta if isinstance(meta, dict) else {}
+    grid, err = open_png(folder / "grid.png")
+    problems += [err] if err else []
+    shown, strips = None, {}
+    if "alpha" not in meta:  # interpolation directories (`sample --interpolate`) hold only grid.png
+        shown, err = open_png(folder / "input.png")
+        problems += [err] if err else []
+        names = meta.get("layers")
+        if not isinstance(names, list):
+            names = sorted(p.stem for p in folder.glob("*.png") if p.stem not in _NOT_STRIPS)
+        for layer in names:
+            try:
+                img, err = open_png(safe_join(folder, f"{layer}.png"))
+            except RcdmVizError as exc:
+                img, err = None, str(exc)
+            if img is None:
+                problems.append(f"samples of layer '{layer}': {err}")
+            else:
+                strips[str(layer)] = img
+    raw_scores = layer_rows(_read_json(folder / "scores.json", problems))
+    scores = {layer: _flat(row) for layer, row in raw_scores.items()}
+    return SampleView(image_id, grid, shown, strips, meta, scores, problems)
+
+
+def compose_grid(view: SampleView, layers: Sequence[str], notes: dict[str, str] | None = None) -> Image.Image:
+    """The layer grid of ``view`` restricted to ``layers`` (rows = layers, column 0 = the input), drawn by
+    ``sample_grid`` like the stored grid.png; needs the stored input and strips."""
+    import torch
+    from torchvision.transforms.functional import pil_to_tensor
+
+    from rcdm_viz.decoder.sampling import sample_grid
+
+    if view.input is None:
+        raise RcdmVizError(f"sample '{view.image_id}' has no readable input.png")
+    rows = {}
+    for layer in layers:
+        cells = view.samples(layer)
+        if cells:
+            rows[layer] = torch.stack([pil_to_tensor(c).float() / 255 for c in cells])
+    if not rows:
+        raise RcdmVizError(f"sample '{view.image_id}' has no readable samples for layers {list(layers)}")
+    res = next(iter(rows.values())).shape[-1]
+    shown = pil_to_tensor(view.input.resize((res, res), Image.Resampling.BICUBIC)).float() / 255
+    return sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))
+
+
+# ------------------------------------------------------------------------------------- layer table
+
+
+def _flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A per-layer row flattened as layers.csv is (``evaluation.report.flat_rows``: ``group/name``)."""
+    from rcdm_viz.evaluation.report import flat_rows
+
+    flat = flat_rows({"layers": {"": row}})[0]
+    flat.pop("layer")
+    return flat
+
+
+def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per layer: report/layers.json, or without it the same table gathered now from
+    encoder/probes.json and samples/*/scores.json (``evaluation.report.gather_run``); and notes saying
+    which sources are missing or unreadable."""
+    from rcdm_viz.evaluation.report import gather_run
+
+    notes: list[str] = []
+    if not run.probes.is_file():
+        notes.append("encoder/probes.json is missing: run `rcdm-viz probe`")
+    report = _read_json(run.report / "layers.json", notes)
+    if report is None:
+        notes.append("report/layers.json is missing (run `rcdm-viz report`): the table is gathered now")
+        try:
+            report = gather_run(run)
+        except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            notes.append(f"nothing to tabulate: {exc}")
+    rows = layer_rows(report)
+    rank = {name: i for i, name in enumerate(order)}
+    layers = sorted(rows, key=lambda name: (rank.get(name, len(rank)), name))
+    table = []
+    for layer in layers:
+        table.append({"layer": layer, **_flat(rows[layer])})
+    return table, notes
+
+
+def report_plots(run: RunDir) -> list[Path]:
+    """The report's plots (report/*.png), sorted by name."""
+    if not run.report.is_dir():
+        return []
+    return sorted(p for p in run.report.glob("*.png") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------- live sampling
+
+
+def model_fingerprint(run: RunDir) -> str:
+    """A short hash of the size and mtime of the encoder bundle and every decoder's files: it changes
+    whenever a model is retrained, so caches keyed on it never serve samples of an older model."""
+    digest = hashlib.sha256(str(run.root).encode())
+    paths = [run.encoder / "config.json", run.encoder / "model.safetensors"]
+    if (run.root / "decoders").is_dir():
+        paths += sorted((run.root / "decoders").glob("*/*"))
+    for path in paths:
+        if path.is_file() and path.suffix in (".json", ".safetensors"):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(run.root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def decode_image(data: bytes, name: str = "upload") -> Any:
+    """Image bytes (PNG, JPEG, ...) -> float tensor [3,H,W] in [0,1], or a one-line error naming ``name``."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    if not data:
+        raise RcdmVizError(f"'{name}' is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return pil_to_tensor(img.convert("RGB")).float() / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
+
+
+def synthetic_scene(cfg: Config, index: int, resolution: int) -> Any:
+    """Test-split scene ``index`` of the run's synthetic data (its data.seed), [3,r,r] in [0,1]."""
+    from rcdm_viz.data.synthetic import SyntheticScenes
+
+    if index < 0:
+        raise RcdmVizError(f"scene index must be >= 0, got {index}")
+    scenes = SyntheticScenes(index + 1, resolution=resolution, seed=cfg.data.seed, split="test")
+    return scenes.render_batch([index])[0][0]
+
+
+def scene_png(summary: RunSummary, index: int) -> bytes:
+    """PNG bytes of test scene ``index`` of the run's synthetic data, rendered at the larger of the decoder's
+    and the encoder's resolution (as quickstart's held-out grids)."""
+    from torchvision.transforms.functional import to_pil_image
+
+    from rcdm_viz.decoder.grids import png_bytes
+
+    cfg = run_config(summary)
+    encoder_res = int((summary.encoder or {}).get("resolution", cfg.data.resolution))
+    resolution = max(cfg.decoder.resolution, encoder_res)
+    return png_bytes(to_pil_image(synthetic_scene(cfg, index, resolution)))
+
+
+def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """The run's encoder and a decoder for each of ``layers`` (grids.load_decoders picks per-layer or
+    shared); a run without an encoder or a layer without a decoder is a one-line error."""
+    from rcdm_viz.decoder.grids import load_decoders, resolve_layers
+    from rcdm_viz.encoders import load_encoder
+
+    encoder = load_encoder(run.require_encoder())
+    return encoder, load_decoders(run, resolve_layers(list(layers), encoder), encoder)
+
+
+def sample_live(
+    encoder: Any,
+    decoders: dict[str, Any],
+    image: Any,
+    cfg: SampleConfig,
+    on_layer: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any]:
+    """``grids.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each, so
+    the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
+    from rcdm_viz.decoder.grids import sample_layers
+
+    rows = {}
+    for i, (layer, decoder) in enumerate(decoders.items()):
+        rows.update(sample_layers(encoder, {layer: decoder}, image, cfg))
+        if on_layer is not None:
+            on_layer(i + 1, len(decoders), layer)
+    return rows
+
+
+def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None = None) -> bytes:
+    """PNG of the layer grid of freshly drawn samples (the input fitted to the samples' resolution)."""
+    from rcdm_viz.decoder.grids import fit, png_bytes
+    from rcdm_viz.decoder.sampling import sample_grid
+
+    res = next(iter(rows.values())).shape[-1]
+    return png_bytes(sample_grid(fit(image, res), rows, notes=notes, scale=max(1, 128 // res)))
+
+
+def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
+    """``base`` with the page's controls applied (n, steps, sampler, guidance, seed), checked."""
+    if "sampler" in changes:
+        try:
+            changes["sampler"] = SamplerName(changes["sampler"])
+        except ValueError:
+            names = ", ".join(s.value for s in SamplerName)
+            raise RcdmVizError(f"unknown sampler {changes['sampler']!r}; choose one of {names}") from None
+    out = dataclasses.replace(base, **changes)
+    if out.n < 1 or out.steps < 1:
+        raise RcdmVizError(f"samples per layer ({out.n}) and steps ({out.steps}) must be >= 1")
+    return out
+
+
+def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+    """Grid row notes (``grids.layer_notes``: probe accuracy, and representation consistency from one
+    image's per-layer ``scores`` or else the run's mean); {} when those files are unreadable."""
+    from rcdm_viz.decoder.grids import layer_notes
+
+    try:
+        return layer_notes(run, None if scores is None else {"layers": scores})
+    except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError):
+        return {}

@@ -1,0 +1,162 @@
+"""The factor oracle: a small CNN that reads the synthetic scenes' latent factors back from pixels.
+
+Decoder scores use it to ask whether a sample kept a factor of its input (DESIGN.md, factor retention).
+It is trained once per run on the synthetic training split at the decoder's resolution and cached in
+``<run>/oracle/`` (``config.json`` + ``model.safetensors``), with its own validation R² per factor so
+that a factor it cannot read is visible next to the retention scores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from rcdm_viz.config import Config, ScoresConfig
+from rcdm_viz.data.sources import ImageSet, load_images
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.probes import factor_targets, r2_score
+from rcdm_viz.runs import RunDir, atomic_write_text
+
+_FORMAT = "rcdm_viz.oracle/1"
+
+
+def oracle_targets(factors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Targets on comparable scales: circular factors as (sin, cos), the others mapped to [-1, 1]."""
+    out = factor_targets(factors, FACTOR_RANGES, CIRCULAR)
+    for name, t in out.items():
+        if name not in CIRCULAR:
+            lo, hi = FACTOR_RANGES[name]
+            out[name] = 2 * (t - lo) / (hi - lo) - 1
+    return out
+
+
+def _widths() -> dict[str, int]:
+    return {name: 2 if name in CIRCULAR else 1 for name in FACTORS}
+
+
+class FactorOracle(nn.Module):
+    """Conv net: images [N, 3, H, W] in [0, 1] -> concatenated factor targets [N, sum of widths]."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+
+        self.net = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+            *block(width, 2 * width), *block(2 * width, 4 * width), *block(4 * width, 4 * width),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, sum(_widths().values())),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x * 2 - 1)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
+        """Factor readings of images [N, 3, H, W]: name -> [N, width] (same scales as ``oracle_targets``)."""
+        self.eval()
+        out = torch.cat([self(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)])
+        parts, col = {}, 0
+        for name, w in _widths().items():
+            parts[name] = out[:, col : col + w]
+            col += w
+        return parts
+
+
+def _stack(targets: dict[str, Tensor]) -> Tensor:
+    return torch.cat([targets[name] for name in FACTORS], dim=1)
+
+
+def train_oracle(
+    train: ImageSet, val: ImageSet, cfg: ScoresConfig, seed: int = 0, progress: bool = False
+) -> tuple[FactorOracle, dict[str, float]]:
+    """Fit the oracle by MSE (AdamW, cosine lr) on ``train``; returns it and its validation R² per factor."""
+    if not train.factors or not val.factors:
+        raise RcdmVizError("the factor oracle needs images with known factors (the synthetic scenes)")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = FactorOracle()
+    y = _stack(oracle_targets(train.factors))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.oracle_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.oracle_lr, cfg.oracle_steps, pct_start=0.1)
+    model.train()
+    with torch.enable_grad():
+        for _ in tqdm(range(cfg.oracle_steps), desc="oracle", disable=not progress, leave=False):
+            idx = torch.randint(0, len(train), (min(cfg.oracle_batch_size, len(train)),), generator=gen)
+            loss = nn.functional.mse_loss(model(train.batch(idx)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    pred = model.predict(val.batch(torch.arange(len(val))))
+    truth = oracle_targets(val.factors)
+    return model, {name: r2_score(pred[name], truth[name]) for name in FACTORS}
+
+
+def _key(cfg: Config, resolution: int) -> dict:
+    s = cfg.scores
+    return {
+        "format": _FORMAT,
+        "data_seed": cfg.data.seed,
+        "resolution": resolution,
+        "n_train": s.oracle_n_train,
+        "steps": s.oracle_steps,
+        "batch_size": s.oracle_batch_size,
+        "lr": s.oracle_lr,
+    }
+
+
+def load_or_train_oracle(
+    cfg: Config, run: RunDir, resolution: int, progress: bool = False
+) -> tuple[FactorOracle, dict[str, float]]:
+    """The run's oracle for images of ``resolution`` px (trained and cached on first use).
+
+    Returns (oracle, its validation R² per factor).
+    """
+    root = Path(run.root) / "oracle" / f"{resolution}px"
+    key = _key(cfg, resolution)
+    config_path, weights = root / "config.json", root / "model.safetensors"
+    if config_path.is_file() and weights.is_file():
+        saved = json.loads(config_path.read_text())
+        if saved.get("key") == key:
+            model = FactorOracle()
+            model.load_state_dict(load_file(weights))
+            return model.eval(), saved["val_r2"]
+    n_train, n_val = cfg.scores.oracle_n_train, min(cfg.data.n_val, 1024)
+    train = load_images(cfg.data, "train", n=n_train, resolution=resolution, progress=progress)
+    val = load_images(cfg.data, "val", n=n_val, resolution=resolution, progress=progress)
+    model, r2 = train_oracle(train, val, cfg.scores, seed=cfg.data.seed, progress=progress)
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    atomic_write_text(config_path, json.dumps({"key": key, "val_r2": r2}, indent=2) + "\n")
+    return model.eval(), r2
+
+
+def factor_error(pred: Tensor, target: Tensor) -> Tensor:
+    """Squared error per row, summed over a factor's columns (for (sin, cos): the squared chord)."""
+    return (pred - target).pow(2).sum(dim=1)
+
+
+def factor_retention(
+    sample_pred: dict[str, Tensor], input_pred: dict[str, Tensor], other_pred: dict[str, Tensor]
+) -> dict[str, float]:
+    """1 - err(oracle(sample), f(x)) / err(oracle(x'), f(x)) per factor (DESIGN.md).
+
+    ``sample_pred``: oracle readings of the samples of ONE input, name -> [n, w]; ``input_pred``: of the
+    input x, name -> [1, w] (f(x) is the oracle's reading of x, so a decoder that returns its input
+    scores exactly 1 and the oracle's own error does not count against the decoder); ``other_pred``: of
+    other images x', name -> [M, w]. 1 = kept, 0 = no better than another image, < 0 = worse.
+    """
+    out = {}
+    for name, target in input_pred.items():
+        err = factor_error(sample_pred[name], target).mean()
+        chance = factor_error(other_pred[name], target).mean()
+        out[name] = float(1 - err / chance.clamp_min(1e-12))
+    return out

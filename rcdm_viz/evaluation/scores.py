@@ -1,0 +1,202 @@
+"""Decoder scores per layer, from the n samples a layer's decoder drew for one input image.
+
+DESIGN.md, "Invariance scores": diversity (mean pairwise perceptual distance between samples), fidelity
+(mean perceptual distance between each sample and the input x), representation consistency (normalized
+cosine between h(sample) and h(x)), retrieval top-1 (is x the nearest neighbour of h(sample) among x and
+a gallery of other images) and, with a factor oracle, factor retention per factor. The perceptual distance
+is LPIPS (AlexNet) when its weights are on disk, otherwise a weight-free SSIM distance; ``distance`` in the
+output always names the one used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    structural_similarity_index_measure,
+)
+
+from rcdm_viz.config import Config, Distance
+from rcdm_viz.data.sources import load_images
+from rcdm_viz.decoder.grids import fit
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.invariance import normalized_similarity
+from rcdm_viz.evaluation.oracle import FactorOracle, factor_retention, load_or_train_oracle
+from rcdm_viz.runs import RunDir
+
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1 file name
+_MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-px window: the coarsest scale must still exceed the window
+
+PairDistance = Callable[[Tensor, Tensor], Tensor]  # a [N, 3, H, W], b [N, 3, H, W] in [0, 1] -> [N]
+
+
+def alexnet_weights_on_disk() -> Path | None:
+    """torchvision's AlexNet weights in the torch hub cache (TORCH_HOME), or None; never downloads."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
+    return path if path.is_file() else None
+
+
+def resolve_distance(kind: Distance, side: int) -> Distance:
+    """``auto`` -> LPIPS if AlexNet's weights are on disk, else 1-MS-SSIM (images > 160 px) or 1-SSIM."""
+    kind = Distance(kind)
+    if kind is Distance.AUTO:
+        if alexnet_weights_on_disk() is not None:
+            return Distance.LPIPS_ALEX
+        return Distance.MS_SSIM if side >= _MS_SSIM_MIN_SIDE else Distance.SSIM
+    if kind is Distance.LPIPS_ALEX and alexnet_weights_on_disk() is None:
+        raise RcdmVizError(
+            f"scores.distance={kind.value} needs torchvision's AlexNet weights at "
+            f"{Path(torch.hub.get_dir()) / 'checkpoints' / ALEXNET_WEIGHTS}; use 1-ssim or auto"
+        )
+    if kind is Distance.MS_SSIM and side < _MS_SSIM_MIN_SIDE:
+        raise RcdmVizError(f"scores.distance=1-ms-ssim needs images of >= {_MS_SSIM_MIN_SIDE} px, got {side}")
+    return kind
+
+
+def make_distance(kind: Distance) -> PairDistance:
+    """The per-pair perceptual distance ``kind`` (already resolved): (a, b) -> [N]."""
+    if kind is Distance.LPIPS_ALEX:
+        import lpips  # its linear heads ship in the package; AlexNet comes from the local hub cache
+
+        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=False, verbose=False).eval()
+
+        def lpips_distance(a: Tensor, b: Tensor) -> Tensor:
+            with torch.no_grad():
+                return net(a * 2 - 1, b * 2 - 1).flatten()
+
+        return lpips_distance
+    if kind is Distance.MS_SSIM:
+        def ms_ssim_distance(a: Tensor, b: Tensor) -> Tensor:
+            return 1 - multiscale_structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+
+        return ms_ssim_distance
+    if kind is Distance.SSIM:
+        def ssim_distance(a: Tensor, b: Tensor) -> Tensor:
+            return 1 - structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+
+        return ssim_distance
+    raise RcdmVizError(f"resolve the distance before making it (got {kind.value})")
+
+
+def diversity(samples: Tensor, distance: PairDistance) -> float:
+    """Mean distance over all pairs i < j of samples [n, 3, H, W] (n >= 2)."""
+    i, j = torch.triu_indices(len(samples), len(samples), offset=1)
+    return float(distance(samples[i], samples[j]).mean())
+
+
+def fidelity(samples: Tensor, image: Tensor, distance: PairDistance) -> float:
+    """Mean distance between each sample [n, 3, H, W] and the input image [3, H, W] (0 = identical)."""
+    return float(distance(samples, image.expand_as(samples)).mean())
+
+
+def consistency_and_retrieval(h_samples: Tensor, h_x: Tensor, h_gallery: Tensor) -> tuple[float, float]:
+    """Representation consistency and retrieval top-1 of one layer.
+
+    h_samples [n, D] = h(samples); h_x [D] = h(input); h_gallery [M, D] = h(other images).
+    Consistency = (E cos(h(s), h(x)) - E cos(h(x), h(x'))) / (1 - E cos(h(x), h(x'))), x' in the gallery;
+    retrieval = fraction of samples whose cosine-nearest among [h(x), h_gallery] is h(x).
+    """
+    s = nn.functional.normalize(h_samples.double(), dim=1)
+    x = nn.functional.normalize(h_x.double(), dim=0)
+    g = nn.functional.normalize(h_gallery.double(), dim=1)
+    consistency = normalized_similarity(float((s @ x).mean()), float((g @ x).mean()))
+    to_x, to_gallery = s @ x, (s @ g.T).max(dim=1).values
+    return consistency, float((to_x > to_gallery).double().mean())
+
+
+@dataclass
+class Gallery:
+    """Other images the scores compare against: images at the decoder's resolution [M, 3, h, w], their
+    representations per layer [M, D], and (synthetic data) the oracle's readings of them."""
+
+    images: Tensor
+    reps: dict[str, Tensor]
+    oracle: FactorOracle | None = None
+    oracle_pred: dict[str, Tensor] | None = None
+    oracle_r2: dict[str, float] | None = None
+
+    def without(self, image: Tensor) -> Tensor:
+        """Indices of the gallery images other than ``image`` [3, h, w] itself (up to uint8 rounding)."""
+        same = (self.images - image).abs().flatten(1).amax(1) < 1.5 / 255
+        return (~same).nonzero().squeeze(1)
+
+
+@torch.no_grad()
+def encode(encoder: nn.Module, images: Tensor, layers: list[str], batch_size: int = 256) -> dict[str, Tensor]:
+    """Representations of images [N, 3, h, w] (any size: fitted to the encoder's input side) per layer."""
+    res = encoder.config["resolution"]
+    out: dict[str, list[Tensor]] = {name: [] for name in layers}
+    for start in range(0, len(images), batch_size):
+        chunk = fit(images[start : start + batch_size], res)
+        for name, h in encoder(chunk, layers=layers).items():
+            out[name].append(h.float())
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+def build_gallery(
+    cfg: Config, run: RunDir, encoder: nn.Module, layers: list[str], resolution: int, progress: bool = False
+) -> Gallery:
+    """The first ``cfg.scores.gallery`` validation images of the run's data, encoded; with the factor oracle
+    (trained and cached in the run on first use) when the data are the synthetic scenes."""
+    n = min(cfg.scores.gallery, cfg.data.n_val)
+    images = load_images(cfg.data, "val", n=n, resolution=resolution, progress=progress)
+    batch = images.batch(torch.arange(len(images)))
+    gallery = Gallery(batch, encode(encoder, batch, layers))
+    if images.factors:
+        gallery.oracle, gallery.oracle_r2 = load_or_train_oracle(cfg, run, resolution, progress)
+        gallery.oracle_pred = gallery.oracle.predict(batch)
+    return gallery
+
+
+def layer_scores(
+    samples: Tensor, image: Tensor, h_samples: Tensor, h_x: Tensor, h_gallery: Tensor, distance: PairDistance
+) -> dict:
+    """Diversity, fidelity, consistency and retrieval of one layer for one input.
+
+    samples [n, 3, H, W] and image [3, H, W] at the decoder's resolution; h_* as in
+    ``consistency_and_retrieval``.
+    """
+    consistency, retrieval = consistency_and_retrieval(h_samples, h_x, h_gallery)
+    row: dict = {
+        "fidelity": fidelity(samples, image, distance),
+        "consistency": consistency,
+        "retrieval_top1": retrieval,
+    }
+    if len(samples) >= 2:
+        row["diversity"] = diversity(samples, distance)
+    return row
+
+
+def score_image(
+    encoder: nn.Module, image: Tensor, rows: dict[str, Tensor], gallery: Gallery, distance: Distance
+) -> dict:
+    """Scores of every layer's samples for one input image (any size; fitted like the grid's column 0).
+
+    rows: layer -> samples [n, 3, h, w] in [0, 1]. Returns {"distance", "n", "gallery", "layers": {layer:
+    {fidelity, diversity, consistency, retrieval_top1[, factor_retention]}}[, "oracle_val_r2"]}.
+    """
+    side = next(iter(rows.values())).shape[-1]
+    kind = resolve_distance(distance, side)
+    dist = make_distance(kind)
+    shown = fit(image, side)
+    keep = gallery.without(shown)
+    layers = list(rows)
+    h_x = encode(encoder, image[None], layers)
+    n = len(next(iter(rows.values())))
+    result: dict = {"distance": kind.value, "n": n, "gallery": len(keep), "layers": {}}
+    if gallery.oracle is not None and gallery.oracle_pred is not None:
+        result["oracle_val_r2"] = gallery.oracle_r2
+        x_pred = gallery.oracle.predict(shown[None])
+        others = {k: v[keep] for k, v in gallery.oracle_pred.items()}
+    for layer, samples in rows.items():
+        h_s = encode(encoder, samples, [layer])[layer]
+        row = layer_scores(samples, shown, h_s, h_x[layer][0], gallery.reps[layer][keep], dist)
+        if gallery.oracle is not None:
+            row["factor_retention"] = factor_retention(gallery.oracle.predict(samples), x_pred, others)
+        result["layers"][layer] = row
+    return result

@@ -1,0 +1,205 @@
+"""Decoder training at full strength: shared decoder, exact resume, progress, feature cache, CLI errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from rcdm_viz.cli import main
+from rcdm_viz.config import SampleConfig
+from rcdm_viz.data.sources import load_images
+from rcdm_viz.decoder.features import cached_features
+from rcdm_viz.decoder.grids import interpolate_layers, load_decoders
+from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
+from rcdm_viz.decoder.train import pack_reps, train_decoder
+from rcdm_viz.encoders import load_encoder
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import RunDir, read_metrics
+from tests.conftest import tiny_config
+
+TINY_DEC = dict(resolution=16, block_out_channels=(16, 16), layers_per_block=1, norm_num_groups=8)
+
+
+def run_with_encoder(tiny_run, tmp_path, name: str) -> RunDir:
+    """A fresh run directory sharing the session's tiny encoder."""
+    _, base = tiny_run
+    run = RunDir(tmp_path / name)
+    run.root.mkdir()
+    (run.root / "encoder").symlink_to(base.encoder, target_is_directory=True)
+    return run
+
+
+def perturbed(layer_dims: dict[str, int]) -> RCDMDecoder:
+    torch.manual_seed(0)
+    dec = RCDMDecoder(layer_dims, **TINY_DEC).eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in dec.parameters():
+            if p.abs().sum() == 0:  # the zero-initialised conditioning parts
+                p.copy_(torch.randn(p.shape, generator=gen))
+    return dec
+
+
+@torch.no_grad()
+def test_mixed_batch_routes_each_row_through_its_layers_mlp():
+    dec = perturbed({"a": 6, "b": 4, "c": 6})
+    assert dec.layers == ["a", "b", "c"] and dec.rep_width == 6
+    gen = torch.Generator().manual_seed(0)
+    feats = [torch.randn(10, d, generator=gen) for d in (6, 4, 6)]
+    idx = torch.tensor([3, 1, 4, 1, 5, 9])
+    which = torch.tensor([0, 1, 2, 1, 0, 2])
+    packed = pack_reps(feats, idx, which, dec.rep_width)
+    assert torch.equal(packed[1, 4:], torch.zeros(2))  # layer b's rows are zero-padded
+    x = torch.randn(6, 3, 16, 16, generator=gen)
+    t = torch.randint(0, 1000, (6,), generator=gen)
+    mixed = dec(x, t, packed, which)
+    for row, layer in enumerate(which.tolist()):
+        name = dec.layers[layer]
+        alone = dec(x[row : row + 1], t[row : row + 1], feats[layer][idx[row : row + 1]], name)
+        torch.testing.assert_close(mixed[row : row + 1], alone, rtol=0, atol=1e-5)
+    # changing layer c's MLP leaves the rows of layers a and b untouched
+    dec.rep_mlps["c"][-1].weight.mul_(3)
+    again = dec(x, t, packed, which)
+    keep = which != 2
+    assert torch.equal(again[keep], mixed[keep]) and (again[~keep] - mixed[~keep]).abs().max() > 1e-3
+    with pytest.raises(RcdmVizError, match="packed reps"):
+        dec(x, t, packed[:, :4], which)
+
+
+def test_shared_decoder_trains_saves_and_serves_every_layer(tiny_run, tmp_path, capsys):
+    run = run_with_encoder(tiny_run, tmp_path, "shared")
+    cfg = tiny_config("decoder.sample_every=3", "decoder.progress_images=1", "decoder.progress_steps=2")
+    trained = train_decoder(cfg, run, "all", progress=False)
+    encoder = load_encoder(run.encoder)
+    assert trained.layers == sorted(encoder.layer_names)
+    assert trained.config.layer_dims == {k: encoder.layer_dims[k] for k in encoder.layer_names}
+    # one encoder pass cached every layer; progress samples written at steps 3 and 6
+    assert sorted(p.name for p in run.features.iterdir()) == sorted(
+        f"{k}.safetensors" for k in trained.layers
+    )
+    progress = sorted(p.name for p in (run.decoder("all") / "progress").iterdir())
+    assert progress == ["step-0000003.png", "step-0000006.png"]
+    with Image.open(run.decoder("all") / "progress" / progress[-1]) as img:
+        assert img.height > 16 * len(trained.layers)
+    loaded = load_decoder(run.decoder("all"))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    for layer in trained.layers:
+        reps = torch.randn(2, encoder.layer_dims[layer])
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t, reps, layer), trained(x, t, reps, layer))
+    # sample --layers falls back to decoders/all/ for layers without their own decoder
+    decoders = load_decoders(run, ["trunk", "head3"], encoder)
+    assert decoders["trunk"] is decoders["head3"]
+    img = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(img)
+    args = ["sample", str(img), "--run", str(run.root), "--layers", "trunk,head3", "--no-progress"]
+    assert main([*args, "--sampler", "dpm++", "--steps", "2", "--guidance", "2"]) == 0
+    assert (run.samples("a") / "grid.png").is_file()
+
+
+def test_resume_is_bit_exact_with_ema_and_accumulation(tiny_run, tmp_path):
+    over = ("decoder.checkpoint_every=3", "decoder.grad_accum_steps=2", "decoder.ema_decay=0.9")
+    cfg = tiny_config(*over, "decoder.sample_every=0")
+    straight = run_with_encoder(tiny_run, tmp_path, "straight")
+    train_decoder(cfg, straight, "all", progress=False)
+    resumed = run_with_encoder(tiny_run, tmp_path, "resumed")
+    train_decoder(cfg, resumed, "all", progress=False)
+    ckpts = sorted(p.name for p in resumed.checkpoints("decoder-all").iterdir())
+    assert ckpts == ["step-000000003"]  # the last step saves the decoder, not a checkpoint
+    shutil.rmtree(resumed.decoder("all"))
+    train_decoder(cfg, resumed, "all", resume=True, progress=False)
+    a = load_file(straight.decoder("all") / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed.decoder("all") / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bit for bit
+    steps = [r["step"] for r in read_metrics(resumed.decoder("all") / "metrics.jsonl")]
+    assert steps == [4, 5, 6]
+    # a run without accumulation takes different steps (the accumulated run is not a no-op)
+    plain = run_with_encoder(tiny_run, tmp_path, "plain")
+    train_decoder(tiny_config(over[0], over[2], "decoder.sample_every=0"), plain, "all", progress=False)
+    c = load_file(plain.decoder("all") / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_feature_cache_is_reused_and_invalidated(tiny_run, tmp_path):
+    _, run = tiny_run
+    encoder = load_encoder(run.encoder)
+    images = load_images(tiny_config().data, "val", n=8, resolution=16, progress=False)
+    root = tmp_path / "features"
+    first = cached_features(encoder, images, ["trunk", "head2"], root, "key")
+    assert all(f.dtype == torch.float16 for f in first.values())
+    stamp = (root / "trunk.safetensors").stat().st_mtime_ns
+    again = cached_features(encoder, images, ["trunk"], root, "key")
+    assert torch.equal(again["trunk"], first["trunk"])
+    assert (root / "trunk.safetensors").stat().st_mtime_ns == stamp  # read, not recomputed
+    with torch.no_grad():  # another encoder (changed weights) -> other fingerprint -> recomputed
+        next(encoder.parameters()).mul_(2)
+    changed = cached_features(encoder, images, ["trunk"], root, "key")
+    assert not torch.equal(changed["trunk"], first["trunk"])
+    other_images = cached_features(encoder, images, ["head2"], root, "other-key")
+    assert (root / "head2.safetensors").stat().st_mtime_ns != stamp and other_images["head2"].shape[0] == 8
+
+
+@torch.no_grad()
+def test_interpolation_between_an_image_and_itself_repeats_one_column(tiny_run):
+    _, run = tiny_run
+    encoder = load_encoder(run.encoder)
+    decoders = load_decoders(run, ["trunk"], encoder)
+    image = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(0))
+    cfg = SampleConfig(n=2, steps=2)
+    rows = interpolate_layers(encoder, decoders, image, image, 3, cfg)
+    assert rows["trunk"].shape == (2, 3, 3, 16, 16)
+    grid = rows["trunk"]
+    torch.testing.assert_close(grid[:, 0], grid[:, 2], rtol=0, atol=1e-5)  # same noise in every column
+    assert (grid[0, 0] - grid[1, 0]).abs().max() > 1e-2  # but each row has its own
+    with pytest.raises(RcdmVizError, match="got 1"):
+        interpolate_layers(encoder, decoders, image, image, 1, cfg)
+
+
+def test_interpolate_cli_writes_a_grid(tiny_run, tmp_path):
+    _, run = tiny_run
+    paths = []
+    for name, rgb in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        paths.append(tmp_path / f"{name}.png")
+        Image.new("RGB", (24, 24), rgb).save(paths[-1])
+    base = ["sample", *map(str, paths), "--run", str(run.root), "--layers", "trunk", "--no-progress"]
+    assert main([*base, "--interpolate", "4", "--n", "1"]) == 0
+    with Image.open(run.samples("red-to-blue") / "grid.png") as grid:
+        assert grid.width > 6 * 16
+    assert main([*base[:1], str(paths[0]), *base[3:], "--interpolate", "4"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train-decoder", "--layer", "head9"], "'head9'"),
+        (["sample", "IMG", "--layers", "trunk", "--steps", "0"], "got 0"),
+        (["sample", "IMG", "--layers", "trunk", "--sampler", "euler"], "'euler'"),
+        (["sample", "IMG", "--layers", "stage9"], "'stage9'"),
+    ],
+)
+def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, fragment):
+    _, run = tiny_run
+    img = tmp_path / "i.png"
+    Image.new("RGB", (16, 16)).save(img)
+    argv = [str(img) if a == "IMG" else a for a in argv]
+    assert main([*argv, "--run", str(run.root), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and "\n" not in err, err
+
+
+def test_decoder_of_another_encoder_is_refused(tiny_run, tmp_path):
+    run = run_with_encoder(tiny_run, tmp_path, "other")
+    encoder = load_encoder(run.encoder)
+    dec = RCDMDecoder({"trunk": encoder.layer_dims["trunk"]}, **TINY_DEC, encoder_fingerprint="0123abcd")
+    dec.save_pretrained(run.decoder("trunk"))
+    with pytest.raises(RcdmVizError, match="0123abcd"):
+        load_decoders(run, ["trunk"], encoder)
+    RCDMDecoder({"trunk": 7}, **TINY_DEC, encoder_fingerprint=encoder.fingerprint()).save_pretrained(
+        run.decoder("trunk")
+    )
+    with pytest.raises(RcdmVizError, match=r"expects 7-d.*gives 32"):
+        load_decoders(run, ["trunk"], encoder)

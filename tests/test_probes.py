@@ -1,0 +1,114 @@
+"""Probes: separable data is read perfectly, shuffled labels give chance, the run writes probes.json."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rcdm_viz.cli import main
+from rcdm_viz.config import ProbeConfig, ProbeSolver
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.probes import (
+    binarize,
+    factor_probe,
+    factor_targets,
+    knn_accuracy,
+    linear_probe,
+    mlp_probe,
+    probe_run,
+    rankme,
+    sparsity,
+)
+from rcdm_viz.runs import RunDir, read_json
+
+
+def _blobs(n: int, classes: int = 4, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, dim, generator=gen) * 4
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return centers[y] + torch.randn(n, dim, generator=gen), y
+
+
+@pytest.mark.parametrize("solver", list(ProbeSolver))
+def test_linear_probe_separable_is_perfect_and_shuffled_is_chance(solver):
+    x, y = _blobs(600)
+    cfg = ProbeConfig(solver=solver, lr=1e-2, epochs=30, batch_size=128)
+    assert linear_probe(x[:400], y[:400], x[400:], y[400:], cfg) >= 0.99
+    # Random features carry nothing about the labels: the probe must not do better than chance (25%).
+    noise = torch.randn(1200, 64, generator=torch.Generator().manual_seed(1))
+    y_shuffled = y[torch.randperm(600, generator=torch.Generator().manual_seed(2))].repeat(2)
+    acc = linear_probe(noise[:800], y_shuffled[:800], noise[800:], y_shuffled[800:], cfg)
+    assert acc < 0.36
+
+
+def test_mlp_and_knn_read_a_nonlinear_problem_the_linear_probe_cannot():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1200, 2, generator=gen) * 2 - 1
+    y = ((x[:, 0] * x[:, 1]) > 0).long()  # XOR quadrants: no linear read-out beats ~50%
+    cfg = ProbeConfig(mlp_hidden=64, mlp_epochs=40, mlp_lr=1e-2)
+    assert linear_probe(x[:900], y[:900], x[900:], y[900:], cfg) < 0.7
+    assert mlp_probe(x[:900], y[:900], x[900:], y[900:], cfg) > 0.9
+    assert knn_accuracy(x[:900], y[:900], x[900:], y[900:]) > 0.9
+
+
+def test_sparsity_binarize_and_rankme():
+    x = torch.tensor([[0.0, 2.0, -1.0, 0.0]])
+    assert sparsity(x) == 0.5
+    assert binarize(x).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+    gen = torch.Generator().manual_seed(0)
+    assert rankme(torch.randn(400, 1, generator=gen) @ torch.randn(1, 32, generator=gen)) < 1.01
+    assert 28 < rankme(torch.randn(2000, 32, generator=gen)) <= 32
+
+
+def test_factor_probe_r2_linear_and_circular():
+    gen = torch.Generator().manual_seed(0)
+    n = 800
+    lin = torch.rand(n, generator=gen)
+    turn = torch.rand(n, generator=gen) * 2 * math.pi
+    targets = factor_targets({"a": lin, "phi": turn, "noise": torch.rand(n, generator=gen)},
+                             {"a": (0, 1), "phi": (0, 2 * math.pi), "noise": (0, 1)}, circular=("phi",))
+    assert targets["phi"].shape == (n, 2) and targets["a"].shape == (n, 1)
+    feats = torch.stack([lin, turn.sin(), turn.cos(), torch.randn(n, generator=gen)], dim=1)
+    tr = {k: v[:600] for k, v in targets.items()}
+    te = {k: v[600:] for k, v in targets.items()}
+    r2 = factor_probe(feats[:600], tr, feats[600:], te, ridge=1e-4)
+    assert r2["a"] > 0.99 and r2["phi"] > 0.99 and r2["noise"] < 0.05
+
+
+def test_probe_run_writes_every_probe_for_every_layer(tiny_run):
+    cfg, run = tiny_run
+    result = probe_run(cfg, run, progress=False)
+    on_disk = read_json(run.probes)
+    layers = ["stage1", "stage2", "stage3", "trunk", "head1", "head2", "head3"]
+    assert list(on_disk["layers"]) == layers
+    trunk = on_disk["layers"]["trunk"]
+    for key in ("linear_acc", "mlp_acc", "knn_acc", "binary_acc", "sparsity", "rankme", "factor_r2"):
+        assert key in trunk, key
+    assert set(trunk["factor_r2"]) >= {"object_hue", "spot_phi", "floor_hue"}
+    assert set(on_disk["invariance"]["trunk"]) >= {"crop", "flip", "hue", "grayscale", "blur", "solarize"}
+    assert (run.features / "probe-train.safetensors").is_file()
+    again = probe_run(cfg, run, progress=False)  # from the cache: identical numbers
+    assert again["layers"] == result["layers"]
+
+
+def test_probe_errors(tiny_run, tmp_path):
+    cfg, run = tiny_run
+    with pytest.raises(RcdmVizError, match="head9"):
+        probe_run(cfg, run, progress=False, layers="head9")
+    with pytest.raises(RcdmVizError, match="non-empty"):
+        linear_probe(torch.zeros(0, 3), torch.zeros(0).long(), torch.zeros(2, 3), torch.zeros(2).long())
+    with pytest.raises(RcdmVizError, match="no encoder"):
+        probe_run(cfg, RunDir(tmp_path / "empty"), progress=False)
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [(["--layers", "head9"], "head9"), (["--set", "data.n_val=0"], "empty")],
+)
+def test_probe_cli_bad_input_is_one_line(tiny_run, capsys, extra, fragment):
+    _, run = tiny_run
+    assert main(["probe", "--run", str(run.root), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rcdm-viz: error:") and fragment in err
