@@ -54,7 +54,7 @@ class ReferenceStep:
         loss.backward()
         self.optimizer.step()
         self.ema.step(self.decoder.parameters())
-        return float(loss)
+        return float(loss.detach())
 
 
 def matmul_peak(dtype: torch.dtype, n: int, reps: int) -> float:
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few steps per round (< 1 minute)")
     parser.add_argument("--preset", default="synthetic-decoder", help="whose encoder and decoder to measure")
     args = parser.parse_args()
-    steps, rounds = (2, 2) if args.quick else (10, 3)
+    steps, rounds = (1, 2) if args.quick else (10, 3)
     cfg = load_config(args.preset)
     dec, bs = cfg.decoder, cfg.decoder.batch_size
     torch.manual_seed(0)

@@ -212,7 +212,7 @@ class ProbeConfig:
     weight_decay: float = 0.04  # adamw: weight decay
     batch_size: int = 1024  # adamw: probe batch size
     l2: float = 1e-2  # lbfgs: L2 penalty (l2 / 2) * |W|^2 on the mean cross-entropy (docs/RESULTS.md)
-    lbfgs_steps: int = 200  # lbfgs: maximum iterations (full batch, strong-Wolfe line search)
+    lbfgs_steps: int = 100  # lbfgs: maximum iterations (full batch, strong-Wolfe); 200 gave the same acc
     mlp_hidden: int = 512  # MLP probe (E/N Figure 8: 3 layers): hidden width (E/N do not give it)
     mlp_epochs: int = 10  # MLP probe: AdamW epochs, cosine decay (0 skips the MLP probe)
     mlp_lr: float = 1e-3  # MLP probe: AdamW learning rate
@@ -251,7 +251,7 @@ class DecoderConfig:
     keep_checkpoints: int = 2  # how many checkpoints to keep
     feature_batch_size: int = 256  # batch size when caching the frozen encoder's features
     grad_accum_steps: int = 1  # micro-batches per optimisation step (batch_size is split among them)
-    channels_last: bool = False  # NHWC UNet (helps tensor-core GPUs; measured no gain on this CPU)
+    channels_last: bool = False  # NHWC UNet; no clear gain on this CPU (benchmarks/decoder_step.py (c))
     sample_every: int = 1000  # steps between progress samples in decoders/<layer>/progress/ (0 = never)
     progress_images: int = 4  # fixed validation images sampled for progress
     progress_steps: int = 25  # DDIM steps of the progress samples

@@ -252,6 +252,7 @@ def progress_writer(
     with torch.inference_mode():
         reps = encoder(enc_images.batch(torch.arange(len(images))), layers=step_fn.layers)
     shown = images.batch(torch.arange(len(images)))
+    order = [name for name in encoder.all_layer_names if name in step_fn.layers]  # trunk before heads
 
     def write(step: int) -> Path:
         model = step_fn.accelerator.unwrap_model(step_fn.model)
@@ -261,7 +262,7 @@ def progress_writer(
         try:
             drawn = {  # layer -> [images, 4, 3, H, W]; sample j has the same noise for every image
                 name: sample(model, reps[name], n=4, steps=dec.progress_steps, layer=name, seed=0)
-                for name in step_fn.layers
+                for name in order
             }
             scale = max(1, 64 // dec.resolution)
             grids = [
