@@ -294,7 +294,8 @@ class ScoresConfig:
 class QuickstartConfig:
     """The one-command demo on synthetic scenes."""
 
-    decoder_layers: tuple[str, ...] = ("trunk", "head1", "head2", "head3")  # one decoder each
+    decoder_layers: tuple[str, ...] = ("trunk", "head1", "head2", "head3")  # rows of the demo's grids
+    shared_decoder: bool = True  # one decoder for all layers (`--layer all`) instead of one per layer
     n_images: int = 4  # held-out scenes sampled into grids
 
 

@@ -14,7 +14,7 @@ import torch
 from rcdm_viz.config import Config
 from rcdm_viz.data.sources import load_images
 from rcdm_viz.decoder.grids import layer_notes, load_decoders, sample_layers, write_sample_dir
-from rcdm_viz.decoder.train import check_layer, train_decoder
+from rcdm_viz.decoder.train import ALL_LAYERS, check_layer, train_decoder
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.probes import format_table, probe_run
 from rcdm_viz.evaluation.report import report_run
@@ -60,9 +60,11 @@ def quickstart(
     with _stage(timings, "probe", say):
         probes = probe_run(cfg, run, progress=progress)
     say(format_table(probes["layers"], probes["chance"]))
-    for layer in layers:
-        with _stage(timings, f"train decoder {layer}", say):
-            train_decoder(cfg, run, layer, progress=progress)
+    # The shared decoder spends the whole budget on one UNet: each layer's row gets a better image model
+    # than a per-layer decoder trained for 1/K of the steps would.
+    for name in [ALL_LAYERS] if cfg.quickstart.shared_decoder else layers:
+        with _stage(timings, f"train decoder {name}", say):
+            train_decoder(cfg, run, name, progress=progress)
     with _stage(timings, "sample grids", say):
         grids = sample_heldout(cfg, run, layers, progress=False)
     say("grids:\n" + "\n".join(f"  {p}" for p in grids))
