@@ -122,3 +122,20 @@ def test_probe_writes_a_table_above_chance_on_separable_features():
     assert linear_probe(x[:300], y[:300], x[300:], y[300:], cfg) > 0.97
     shuffled = y[torch.randperm(400, generator=gen)]
     assert linear_probe(x[:300], shuffled[:300], x[300:], shuffled[300:], cfg) < 0.45
+
+
+def test_quickstart_runs_every_stage_into_one_run(tmp_path):
+    """The demo's function end to end at tiny size: one shared decoder, a grid per held-out scene, a report."""
+    from rcdm_viz.quickstart import quickstart
+
+    cfg = tiny_config("probe.mlp_epochs=0", "probe.invariance_images=8", "probe.rankme_n=64")
+    run = RunDir(tmp_path / "qs")
+    lines: list[str] = []
+    out = quickstart(cfg, run, say=lines.append, progress=False)
+    assert (run.root / "decoders" / "all" / "config.json").is_file()
+    assert not (run.root / "decoders" / "trunk").exists()  # shared, not one per layer
+    assert [p.name for p in out["grids"]] == ["grid.png"]
+    assert set(out["probes"]["layers"]) >= {"trunk", "head1", "head2", "head3"}
+    assert (run.report / "layers.csv").is_file()
+    assert "train decoder all" in out["timings"]
+    assert any(line.strip().startswith("total") for line in lines)
