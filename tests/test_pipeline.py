@@ -125,7 +125,7 @@ def test_probe_writes_a_table_above_chance_on_separable_features():
 
 
 def test_quickstart_runs_every_stage_into_one_run(tmp_path):
-    """The demo's function end to end at tiny size: one shared decoder, a grid per held-out scene, a report."""
+    """The demo end to end at tiny size: one shared decoder, a grid per held-out scene, a report."""
     from rcdm_viz.quickstart import quickstart
 
     cfg = tiny_config("probe.mlp_epochs=0", "probe.invariance_images=8", "probe.rankme_n=64")

@@ -198,17 +198,8 @@ def write_interpolation_dir(
     grid = interpolation_grid(fit(image_a, res), fit(image_b, res), rows, scale=max(1, 64 // res))
     atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
     columns = next(iter(rows.values())).shape[1]
-    meta = {
-        "layers": list(rows),
-        "columns": columns,
-        "alpha": torch.linspace(0, 1, columns).tolist(),
-        "n": cfg.n,
-        "sampler": cfg.sampler.value,
-        "steps": cfg.steps,
-        "guidance": cfg.guidance,
-        "seed": cfg.seed,
-        "resolution": res,
-    }
+    meta = _sampling_meta(rows, cfg, res)
+    meta.update(columns=columns, alpha=torch.linspace(0, 1, columns).tolist())
     write_json(out_dir / "meta.json", meta)
     return out_dir / "grid.png"
 
@@ -227,17 +218,21 @@ def write_sample_dir(
             out_dir / f"{layer}.png",
             png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
         )
-    meta = {
+    write_json(out_dir / "meta.json", _sampling_meta(rows, cfg, res))
+    return out_dir / "grid.png"
+
+
+def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) -> dict:
+    """What a grid's meta.json records: its layers and every setting that decides its pixels."""
+    return {
         "layers": list(rows),
         "n": cfg.n,
         "sampler": cfg.sampler.value,
         "steps": cfg.steps,
         "guidance": cfg.guidance,
         "seed": cfg.seed,
-        "resolution": res,
+        "resolution": resolution,
     }
-    write_json(out_dir / "meta.json", meta)
-    return out_dir / "grid.png"
 
 
 def png_bytes(img: Image.Image) -> bytes:
