@@ -133,3 +133,17 @@ def test_report_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
     assert main([a.format(tmp=tmp_path) for a in argv] + ["--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("rcdm-viz: error:") and fragment in err
+
+
+def test_width_plots_use_only_the_width_series():
+    """Runs of another experiment at one width (e.g. GR positives) are not joined into E/N's width curve."""
+    from rcdm_viz.evaluation.report import _by_width
+
+    def run(name: str, width: int, method: str, head: str) -> dict:
+        return {"run": name, "width": width, "method": method, "head": head,
+                "layers": {"trunk": {"linear_acc": 0.2}}}
+
+    series = [run(f"w{d}", d, "simclr", "1024-1024-1024") for d in (8192, 512, 2048)]
+    others = [run("class", 512, "simclr_class", "512-512-512"), run("aug", 512, "simclr", "512-512-512")]
+    assert [s["run"] for s in _by_width(series + others)] == ["w512", "w2048", "w8192"]
+    assert _by_width([]) == []

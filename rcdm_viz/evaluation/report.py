@@ -264,9 +264,16 @@ def _run_label(summary: dict) -> str:
 
 
 def _by_width(summaries: list[dict]) -> list[dict]:
-    """The runs that have probes and a width, sorted by width (several runs per width are kept)."""
+    """The width series among the runs, sorted by width: runs with probes and a width, of the (method, head)
+    that spans the most widths, so that other experiments at one width (e.g. positives) are not joined in."""
     runs = [s for s in summaries if s.get("width") and any("linear_acc" in r for r in s["layers"].values())]
-    return sorted(runs, key=lambda s: s["width"])
+    if not runs:
+        return []
+    series: dict[tuple, list[dict]] = {}
+    for s in runs:
+        series.setdefault((s.get("method"), s.get("head")), []).append(s)
+    widest = max(series.values(), key=lambda group: len({s["width"] for s in group}))
+    return sorted(widest, key=lambda s: s["width"])
 
 
 def _width_axis(ax: plt.Axes, widths: list[int]) -> None:
