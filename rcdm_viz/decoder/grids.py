@@ -133,21 +133,23 @@ def sample_layers(
     """For one image [3,H,W] in [0,1]: layer -> n samples [n,3,h,w] decoded from its representation."""
     res = encoder.config["resolution"]
     reps = encoder(fit(image, res)[None], layers=list(decoders))
-    return {
-        layer: sample(
-            dec,
-            reps[layer],
-            n=cfg.n,
-            steps=cfg.steps,
-            sampler=cfg.sampler.value,
-            guidance=cfg.guidance,
-            seed=cfg.seed,
-            layer=layer,
-            batch_size=cfg.batch_size,
-            progress=progress,
-        )[0]
-        for layer, dec in decoders.items()
-    }
+    return {layer: _sample_with(dec, reps[layer], layer, cfg, progress)[0] for layer, dec in decoders.items()}
+
+
+def _sample_with(dec: RCDMDecoder, reps: Tensor, layer: str, cfg: SampleConfig, progress: bool) -> Tensor:
+    """``sample`` with every setting taken from ``cfg``: reps [m,D] -> [m,n,3,h,w]."""
+    return sample(
+        dec,
+        reps,
+        n=cfg.n,
+        steps=cfg.steps,
+        sampler=cfg.sampler.value,
+        guidance=cfg.guidance,
+        seed=cfg.seed,
+        layer=layer,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
 
 
 @torch.inference_mode()
@@ -174,19 +176,7 @@ def interpolate_layers(
     rows = {}
     for layer, dec in decoders.items():
         h = (1 - alpha) * reps[layer][0].float() + alpha * reps[layer][1].float()  # [columns, D]
-        samples = sample(
-            dec,
-            h,
-            n=cfg.n,
-            steps=cfg.steps,
-            sampler=cfg.sampler.value,
-            guidance=cfg.guidance,
-            seed=cfg.seed,
-            layer=layer,
-            batch_size=cfg.batch_size,
-            progress=progress,
-        )
-        rows[layer] = samples.transpose(0, 1)
+        rows[layer] = _sample_with(dec, h, layer, cfg, progress).transpose(0, 1)
     return rows
 
 
