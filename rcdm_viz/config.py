@@ -218,10 +218,19 @@ class ProbeConfig:
     mlp_lr: float = 1e-3  # MLP probe: AdamW learning rate
     knn_k: int = 20  # kNN probe: neighbours (Wu et al. 2018, DINO: 20)
     knn_temperature: float = 0.07  # kNN probe: vote weight exp(cos / T) (Wu et al. 2018, DINO)
-    ridge: float = 1e-3  # factor regression: ridge penalty on standardized features (GR Figure 2)
+    # factor regression (GR Figure 2): ridge penalties on standardized features, one chosen per factor on
+    # held-out training images (a single value fixes it)
+    ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    ridge_holdout: float = 0.2  # factor regression: fraction of the training images that chooses the penalty
     rankme_n: int = 4096  # RankMe (Garrido et al. 2023): training images used (rank <= min(n, D))
     invariance_images: int = 256  # validation images for the encoder invariance scores (DESIGN.md)
     n_train: int = 0  # training images for the probe (0 = all of data.n_train)
+
+    def __post_init__(self) -> None:
+        if not self.ridge or any(r <= 0 for r in self.ridge):
+            raise RcdmVizError(f"bad value {self.ridge!r} for 'probe.ridge' (one or more penalties > 0)")
+        if not 0 < self.ridge_holdout < 1:
+            raise RcdmVizError(f"bad value {self.ridge_holdout!r} for 'probe.ridge_holdout' (in (0, 1))")
 
 
 @dataclass
@@ -250,6 +259,7 @@ class DecoderConfig:
     checkpoint_every: int = 2000  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # how many checkpoints to keep
     feature_batch_size: int = 256  # batch size when caching the frozen encoder's features
+    binarize: bool = False  # condition on 1[x > 0], cached as packed bits (E/N Fig. 9: wide trunks lose ~0)
     grad_accum_steps: int = 1  # micro-batches per optimisation step (batch_size is split among them)
     channels_last: bool = False  # NHWC UNet; no clear gain on this CPU (benchmarks/decoder_step.py (c))
     sample_every: int = 1000  # steps between progress samples in decoders/<layer>/progress/ (0 = never)
@@ -352,6 +362,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise RcdmVizError(f"'{key}' expects true/false, got {value!r}")
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):

@@ -55,11 +55,18 @@ def test_preset_holds_only_differences_and_overrides_apply():
         ("decoder.precision=fp8", "fp8"),
         ("encoder.small_input=maybe", "encoder.small_input"),
         ("justtext", "justtext"),
+        ("decoder.lr=fast", "decoder.lr"),
     ],
 )
 def test_bad_keys_and_values_are_named(override, fragment):
     with pytest.raises(RcdmVizError, match=fragment.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_exponent_floats_parse_from_the_command_line():
+    """PyYAML reads 1e-4 (no dot) as a string; float fields still take it, alone or in a list."""
+    cfg = load_config(None, ["decoder.lr=1e-4", "probe.ridge=[1e-4, 10]", "probe.ridge_holdout=2.5e-1"])
+    assert cfg.decoder.lr == 1e-4 and cfg.probe.ridge == (1e-4, 10.0) and cfg.probe.ridge_holdout == 0.25
 
 
 def test_unknown_preset_is_named():

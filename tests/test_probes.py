@@ -19,6 +19,8 @@ from rcdm_viz.evaluation.probes import (
     mlp_probe,
     probe_run,
     rankme,
+    ridge_path,
+    select_ridge,
     sparsity,
 )
 from rcdm_viz.runs import RunDir, read_json
@@ -73,7 +75,7 @@ def test_factor_probe_r2_linear_and_circular():
     feats = torch.stack([lin, turn.sin(), turn.cos(), torch.randn(n, generator=gen)], dim=1)
     tr = {k: v[:600] for k, v in targets.items()}
     te = {k: v[600:] for k, v in targets.items()}
-    r2 = factor_probe(feats[:600], tr, feats[600:], te, ridge=1e-4)
+    r2 = factor_probe(feats[:600], tr, feats[600:], te, ridges=[1e-4])
     assert r2["a"] > 0.99 and r2["phi"] > 0.99 and r2["noise"] < 0.05
 
 
@@ -112,3 +114,41 @@ def test_probe_cli_bad_input_is_one_line(tiny_run, capsys, extra, fragment):
     assert main(["probe", "--run", str(run.root), "--no-progress", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("rcdm-viz: error:") and fragment in err
+
+
+def test_ridge_path_matches_direct_solve_primal_and_dual():
+    gen = torch.Generator().manual_seed(1)
+    for n, d in ((50, 8), (8, 50)):
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+        y = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+        for ridge, w in zip((1e-3, 1.0), ridge_path(x, y, (1e-3, 1.0)), strict=True):
+            direct = torch.linalg.solve(x.T @ x + ridge * n * torch.eye(d, dtype=x.dtype), x.T @ y)
+            torch.testing.assert_close(w.double(), direct, rtol=1e-4, atol=1e-5)
+
+
+def test_factor_probe_chooses_more_penalty_when_wide_features_would_overfit():
+    """D ~ N: a near-zero penalty interpolates the training noise (R² << 0 on validation, the double-descent
+    peak); the penalty chosen on held-out training images recovers the informative directions."""
+    gen = torch.Generator().manual_seed(2)
+    n, d = 300, 200
+    factor = torch.rand(n, generator=gen)
+    feats = torch.randn(n, d, generator=gen)
+    feats[:, :8] += 6 * factor[:, None]
+    targets = factor[:, None] + 0.1 * torch.randn(n, 1, generator=gen)
+    tr, te = {"a": targets[:200]}, {"a": targets[200:]}
+    grid = (1e-6, 1e-2, 1.0, 100.0)
+    tiny = factor_probe(feats[:200], tr, feats[200:], te, ridges=[1e-6])["a"]
+    chosen = select_ridge(_standardized(feats[:200]), tr, grid, holdout=0.2)["a"]
+    tuned = factor_probe(feats[:200], tr, feats[200:], te, ridges=grid)["a"]
+    assert tiny < -1 and chosen == 1.0 and tuned > 0.7
+
+
+def test_probe_config_rejects_bad_ridge():
+    with pytest.raises(RcdmVizError, match="probe.ridge"):
+        ProbeConfig(ridge=())
+    with pytest.raises(RcdmVizError, match="probe.ridge_holdout"):
+        ProbeConfig(ridge_holdout=1.0)
+
+
+def _standardized(x):
+    return (x - x.mean(0)) / x.std(0)

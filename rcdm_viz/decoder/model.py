@@ -21,6 +21,7 @@ from torch import nn
 
 from rcdm_viz.decoder.schedule import make_noise_scheduler
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.probes import binarize as binarize_reps
 
 # ADM (Dhariwal & Nichol 2021, Table 1 ablation) found 64 channels per attention head best.
 _HEAD_CHANNELS = 64
@@ -76,6 +77,8 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
     embedding).  ``encoder_fingerprint`` records which encoder produced the training representations;
     ``num_train_timesteps`` / ``beta_schedule`` / ``prediction_type`` record the noise schedule it was
     trained with, so that a saved decoder samples correctly on its own (``noise_scheduler()``).
+    With ``binarize`` the decoder sees only 1[x > 0] of every representation (E/N §4.3, Figure 9), applied
+    in ``condition``: callers pass raw representations and get what the decoder was trained on.
     """
 
     _supports_gradient_checkpointing = True
@@ -94,6 +97,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
         prediction_type: str = "epsilon",
+        binarize: bool = False,
     ) -> None:
         super().__init__()
         block_out_channels = tuple(int(c) for c in block_out_channels)
@@ -225,12 +229,15 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
         ``layer`` is one layer name (``reps`` [n, D] of that layer) or a long tensor [n] of per-sample
         indices into ``layers`` (``reps`` [n, rep_width], zero-padded, as the shared decoder trains).
+        A ``binarize`` decoder replaces ``reps`` by 1[reps > 0] first (zero padding stays zero).
         """
         if isinstance(layer, str):
             self._check_layer(layer)
         null = self.null_embedding.unsqueeze(0).expand(n, -1)
         if reps is None:
             return null
+        if self.config.binarize:  # idempotent: cached {0, 1} features pass unchanged
+            reps = binarize_reps(reps)
         if isinstance(layer, str):
             cond = self._single_condition(reps, layer, n)
         else:

@@ -77,6 +77,7 @@ def build_decoder(dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: s
         num_train_timesteps=dec.num_train_timesteps,
         beta_schedule=dec.beta_schedule.value,
         prediction_type=dec.prediction_type.value,
+        binarize=dec.binarize,
     )
 
 
@@ -91,13 +92,14 @@ def _encoder_view(cfg: Config, encoder: Encoder, split: str, n: int | None, dec_
 def training_data(
     cfg: Config, encoder: Encoder, layers: list[str], run: RunDir, progress: bool
 ) -> tuple[ImageSet, dict[str, Tensor]]:
-    """Decoder-resolution training images and the cached representations (float16 [N, D]) of each layer,
-    all layers computed in one encoder pass at the encoder's resolution."""
-    dec_images = load_images(cfg.data, "train", resolution=cfg.decoder.resolution, progress=progress)
+    """Decoder-resolution training images and the cached representations (float16 [N, D]; {0, 1} with
+    ``decoder.binarize``) of each layer, all layers computed in one encoder pass at the encoder's size."""
+    dec = cfg.decoder
+    dec_images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
     enc_images = _encoder_view(cfg, encoder, "train", None, dec_images)
     key = images_key(cfg.data, "train", len(enc_images), encoder.config["resolution"])
     feats = cached_features(
-        encoder, enc_images, layers, run.features, key, cfg.decoder.feature_batch_size, progress
+        encoder, enc_images, layers, run.features, key, dec.feature_batch_size, progress, dec.binarize
     )
     return dec_images, feats
 

@@ -258,17 +258,28 @@ def factor_targets(
     return out
 
 
-def ridge_fit(x: Tensor, y: Tensor, ridge: float) -> Tensor:
-    """Ridge weights W [D, T] minimising |X W - Y|^2 / N + ridge |W|^2 for centred x [N, D], y [N, T].
+def ridge_path(x: Tensor, y: Tensor, ridges: Sequence[float]) -> list[Tensor]:
+    """Ridge weights W [D, T] minimising |X W - Y|^2 / N + ridge |W|^2 for centred x [N, D], y [N, T],
+    one per penalty in ``ridges``, from one eigendecomposition of the smaller Gram matrix.
 
-    Uses the primal (D x D) or the dual (N x N) system, whichever is smaller (Woodbury identity).
+    Primal X^T X = Q L Q^T gives W = Q (L + ridge N)^-1 Q^T X^T Y; dual X X^T = Q L Q^T gives
+    W = X^T Q (L + ridge N)^-1 Q^T Y (Woodbury identity), whichever system is smaller.
     """
     n, d = x.shape
     x, y = x.double(), y.double()
-    lam = ridge * n
-    if d <= n:
-        return torch.linalg.solve(x.T @ x + lam * torch.eye(d, dtype=x.dtype), x.T @ y).float()
-    return (x.T @ torch.linalg.solve(x @ x.T + lam * torch.eye(n, dtype=x.dtype), y)).float()
+    primal = d <= n
+    evals, q = torch.linalg.eigh(x.T @ x if primal else x @ x.T)
+    qty = q.T @ (x.T @ y if primal else y)
+    out = []
+    for ridge in ridges:
+        coef = q @ (qty / (evals.clamp_min(0) + ridge * n)[:, None])
+        out.append((coef if primal else x.T @ coef).float())
+    return out
+
+
+def ridge_fit(x: Tensor, y: Tensor, ridge: float) -> Tensor:
+    """Ridge weights W [D, T] for one penalty (see ``ridge_path``)."""
+    return ridge_path(x, y, [ridge])[0]
 
 
 def r2_score(pred: Tensor, target: Tensor) -> float:
@@ -278,22 +289,59 @@ def r2_score(pred: Tensor, target: Tensor) -> float:
     return float(1 - sse / sst)
 
 
-def factor_probe(
-    train_x: Tensor, train_t: dict[str, Tensor], test_x: Tensor, test_t: dict[str, Tensor], ridge: float
+def _columns(targets: dict[str, Tensor]) -> dict[str, slice]:
+    out, col = {}, 0
+    for name, t in targets.items():
+        out[name] = slice(col, col + t.shape[1])
+        col += t.shape[1]
+    return out
+
+
+def select_ridge(
+    x: Tensor, targets: dict[str, Tensor], ridges: Sequence[float], holdout: float
 ) -> dict[str, float]:
-    """Validation R² of a linear (ridge) regression from features to each factor's targets (GR Figure 2)."""
+    """Per factor, the penalty in ``ridges`` with the best R² on the last ``holdout`` fraction of the
+    (standardized) training features, fitted on the rest: wide layers (D >= N) need far more penalty than
+    narrow ones, and choosing it on the validation split would bias the reported R²."""
+    if len(ridges) == 1:
+        return dict.fromkeys(targets, float(ridges[0]))
+    n_fit = int(round(x.shape[0] * (1 - holdout)))
+    if not 0 < n_fit < x.shape[0]:
+        raise RcdmVizError(
+            f"probe.ridge_holdout {holdout} leaves no fit or no held-out images of {x.shape[0]}"
+        )
+    y = torch.cat(list(targets.values()), dim=1)
+    mean = y[:n_fit].mean(0)
+    weights = ridge_path(x[:n_fit], y[:n_fit] - mean, ridges)
+    cols = _columns(targets)
+    best = {}
+    for name, c in cols.items():
+        scores = [r2_score(x[n_fit:] @ w[:, c] + mean[c], y[n_fit:, c]) for w in weights]
+        best[name] = float(ridges[max(range(len(ridges)), key=scores.__getitem__)])
+    return best
+
+
+def factor_probe(
+    train_x: Tensor,
+    train_t: dict[str, Tensor],
+    test_x: Tensor,
+    test_t: dict[str, Tensor],
+    ridges: Sequence[float],
+    holdout: float = 0.2,
+) -> dict[str, float]:
+    """Validation R² of a linear (ridge) regression from features to each factor's targets (GR Figure 2),
+    the penalty chosen per factor on held-out training images (``select_ridge``), then refitted on all."""
     _check_splits(train_x, test_x, "factor probe")
     train_x, test_x = _standardize(train_x.float(), test_x.float())
-    targets = list(train_t)
-    y = torch.cat([train_t[k] for k in targets], dim=1)
+    chosen = select_ridge(train_x, train_t, ridges, holdout)
+    y = torch.cat(list(train_t.values()), dim=1)
     y_mean = y.mean(0)
-    w = ridge_fit(train_x, y - y_mean, ridge)
-    pred = test_x @ w + y_mean
-    out, col = {}, 0
-    for name in targets:
-        width = train_t[name].shape[1]
-        out[name] = r2_score(pred[:, col : col + width], test_t[name])
-        col += width
+    penalties = sorted(set(chosen.values()))
+    weights = dict(zip(penalties, ridge_path(train_x, y - y_mean, penalties), strict=True))
+    out = {}
+    for name, c in _columns(train_t).items():
+        pred = test_x @ weights[chosen[name]][:, c] + y_mean[c]
+        out[name] = r2_score(pred, test_t[name])
     return out
 
 
@@ -319,7 +367,7 @@ def probe_layer(
     row["sparsity"] = sparsity(val_x)
     row["rankme"] = rankme(train_x[: cfg.rankme_n])
     if train_t is not None and val_t is not None:
-        row["factor_r2"] = factor_probe(train_x, train_t, val_x, val_t, cfg.ridge)
+        row["factor_r2"] = factor_probe(train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout)
     return row
 
 
