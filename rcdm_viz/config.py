@@ -246,6 +246,7 @@ class DecoderConfig:
     beta_schedule: BetaSchedule = BetaSchedule.LINEAR  # noise schedule (RCDM: linear)
     prediction_type: PredictionType = PredictionType.EPSILON  # what the UNet predicts (RCDM: epsilon)
     p_uncond: float = 0.1  # probability of the null embedding (classifier-free guidance)
+    snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023 use 5); 0 = RCDM's plain MSE
     batch_size: int = 64  # images per step
     steps: int = 100_000  # optimisation steps
     lr: float = 1e-4  # AdamW learning rate

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
-from rcdm_viz.decoder.schedule import diffusion_loss, make_noise_scheduler
+from rcdm_viz.decoder.schedule import diffusion_loss, make_noise_scheduler, min_snr_weight
 from rcdm_viz.errors import RcdmVizError
 
 TINY = dict(resolution=16, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8)
@@ -169,6 +169,35 @@ def test_diffusion_loss_matches_reference(prediction):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     again = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), p_uncond=0.5)
     assert torch.equal(loss, again)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@torch.no_grad()
+def test_min_snr_loss_matches_reference(prediction):
+    """Min-SNR-gamma (Hang et al. 2023): each row's squared error weighted by min(SNR, gamma) / SNR (eps)
+    or min(SNR, gamma) / (SNR + 1) (v), SNR = abar / (1 - abar), written out here from the paper."""
+    dec = perturb_conditioning(tiny())
+    sched = make_noise_scheduler(prediction_type=prediction)
+    x0 = inputs(n=6)[0].clamp(-1, 1)
+    reps = inputs(n=6)[2]
+    gen = torch.Generator().manual_seed(5)
+    t = torch.randint(0, 1000, (6,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    mask = torch.rand(6, generator=gen) < 0.5
+    abar = sched.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    weight = snr.clamp(max=5.0) / (snr if prediction == "epsilon" else snr + 1)
+    a = abar.view(6, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    target = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+    per_row = ((dec(x_t, t, reps, "trunk", uncond=mask) - target) ** 2).mean(dim=(1, 2, 3))
+    loss = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), 0.5, snr_gamma=5.0)
+    torch.testing.assert_close(loss, (weight * per_row).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(min_snr_weight(sched, t, 5.0), weight, rtol=1e-5, atol=1e-7)
+    plain = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), 0.5)
+    assert not torch.allclose(loss, plain)
+    with pytest.raises(RcdmVizError, match="snr_gamma"):
+        min_snr_weight(sched, t, 0.0)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 RCDM trains ADM with 1000 steps of the linear beta schedule (Ho et al. 2020: beta from 1e-4 to 0.02) and
 the simple noise-prediction loss L_simple = E ||eps - eps_theta(x_t, t, c)||^2 (Ho et al. 2020, eq. 14;
-ADM's ``LossType.MSE``).  We add condition dropout for classifier-free guidance (Ho & Salimans 2022).
+ADM's ``LossType.MSE``).  We add condition dropout for classifier-free guidance (Ho & Salimans 2022) and,
+on request, Min-SNR-gamma loss weighting (Hang et al. 2023), which converges several times faster.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
+from diffusers.training_utils import compute_snr
 from torch import nn
 
 from rcdm_viz.config import BetaSchedule, PredictionType
@@ -53,8 +55,10 @@ def diffusion_loss(
     scheduler: DDPMScheduler,
     generator: torch.Generator,
     p_uncond: float = 0.1,
+    snr_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """L_simple for a batch of clean images ``x0`` [N,3,H,W] in [-1, 1] and their ``reps`` [N, D].
+    """L_simple (``snr_gamma`` = 0) or its Min-SNR-gamma weighted form for a batch of clean images ``x0``
+    [N,3,H,W] in [-1, 1] and their ``reps`` [N, D].
 
     ``layer`` names the layer of every row, or is a long tensor [N] of per-sample layer indices (shared
     decoder; ``reps`` then packed as ``RCDMDecoder.condition`` describes).
@@ -64,6 +68,7 @@ def diffusion_loss(
     replaced by the null embedding with probability ``p_uncond``.  All randomness comes from
     ``generator``, drawn in the fixed order t, noise, dropout mask, so a resumed run replays the same
     stream.  ``decoder`` may be an ``RCDMDecoder`` or a DDP wrapper of one.  Returns a float32 scalar.
+    ``snr_gamma`` > 0 weights each row by ``min_snr_weight``.
     """
     if x0.ndim != 4 or x0.shape[1] != 3:
         raise RcdmVizError(f"x0 must have shape [N, 3, H, W], got {list(x0.shape)}")
@@ -85,4 +90,26 @@ def diffusion_loss(
     else:
         target = x0
     pred = decoder(x_t, t, reps, layer, uncond=uncond)
-    return F.mse_loss(pred.float(), target.float())
+    if snr_gamma <= 0:
+        return F.mse_loss(pred.float(), target.float())
+    per_row = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+    return (min_snr_weight(scheduler, t, snr_gamma) * per_row).mean()
+
+
+def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma weights [N] for timesteps ``t`` [N] (Hang et al. 2023, eq. 8 and Table 1).
+
+    With SNR_t = abar_t / (1 - abar_t), the weight on the x0-space loss is min(SNR_t, gamma); expressed on the
+    network's own target it becomes min(SNR, gamma) / SNR for epsilon, min(SNR, gamma) / (SNR + 1) for v, and
+    min(SNR, gamma) for x0. It stops the many nearly noise-free timesteps from dominating the gradient.
+    """
+    if gamma <= 0:
+        raise RcdmVizError(f"snr_gamma must be > 0 to weight the loss, got {gamma}")
+    snr = compute_snr(scheduler, t).float()
+    clipped = snr.clamp(max=gamma)
+    prediction = PredictionType(scheduler.config.prediction_type)
+    if prediction is PredictionType.EPSILON:
+        return clipped / snr
+    if prediction is PredictionType.V_PREDICTION:
+        return clipped / (snr + 1)
+    return clipped

@@ -159,7 +159,8 @@ class DecoderStep:
             with sync:
                 with acc.autocast():
                     loss = diffusion_loss(
-                        self.model, x0[rows], reps[rows], part, self.noise_scheduler, gen, self.cfg.p_uncond
+                        self.model, x0[rows], reps[rows], part, self.noise_scheduler, gen,
+                        self.cfg.p_uncond, self.cfg.snr_gamma,
                     )
                 acc.backward(loss / k)
             total += float(loss.detach()) / k
@@ -195,6 +196,8 @@ def make_decoder_step(
 
 
 def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
+    if dec.snr_gamma < 0:
+        raise RcdmVizError(f"decoder.snr_gamma must be >= 0 (0 = unweighted loss), got {dec.snr_gamma}")
     if dec.batch_size < 1 or dec.steps < 1:
         raise RcdmVizError(
             f"decoder.batch_size ({dec.batch_size}) and decoder.steps ({dec.steps}) must be >= 1"
