@@ -7,6 +7,7 @@
 # Usage: scripts/trends.sh [OUT_DIR]   (default runs/trends; re-running skips encoders already trained)
 #   WIDTHS="512 2048 8192"  picks the widths (default 512 1024 2048 4096 8192)
 #   POSITIVES=0             skips the GR positives runs;  TRAIN_ONLY=1 stops after training
+#   SEED=1                  another seed of every run (ssl.seed: initialisation, data order, views)
 # Budget: every run gets the same data and number of steps (2048 scenes, batch 128, 4 epochs = 64 steps)
 # at half the presets' stage widths (base 8), so that the widest trunk trains in ~2-3 minutes on a quiet
 # 2-core CPU; D (or the positives) is the only difference between runs.
@@ -17,7 +18,7 @@ OUT=${1:-runs/trends}
 BIN=.venv/bin
 read -r -a WIDTHS <<< "${WIDTHS:-512 1024 2048 4096 8192}"
 BUDGET=(--set data.n_train=2048 --set data.n_val=1024 --set ssl.batch_size=128 --set ssl.epochs=4
-        --set ssl.warmup_epochs=0.5 --set encoder.base_width=8)
+        --set ssl.warmup_epochs=0.5 --set encoder.base_width=8 --set ssl.seed="${SEED:-0}")
 
 train() {  # train NAME PRESET [--set ...]
   local name=$1 preset=$2; shift 2
