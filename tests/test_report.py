@@ -147,3 +147,15 @@ def test_width_plots_use_only_the_width_series():
     others = [run("class", 512, "simclr_class", "512-512-512"), run("aug", 512, "simclr", "512-512-512")]
     assert [s["run"] for s in _by_width(series + others)] == ["w512", "w2048", "w8192"]
     assert _by_width([]) == []
+
+
+def test_width_series_averages_seeds_and_gives_their_range():
+    """Several seeds per width: one point per width at the mean, error bars reaching the extreme runs."""
+    from rcdm_viz.evaluation.report import width_series
+
+    pairs = ((2048, 0.30), (512, 0.20), (2048, 0.26), (512, 0.22), (512, 0.24))
+    runs = [{"width": w, "acc": a} for w, a in pairs]
+    widths, means, (below, above) = width_series(runs, lambda s: s["acc"])
+    assert widths == [512, 2048]
+    assert means == pytest.approx([0.22, 0.28])
+    assert below == pytest.approx([0.02, 0.02]) and above == pytest.approx([0.02, 0.02])

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -288,35 +288,66 @@ def _head_layer(summary: dict) -> str | None:
     return heads[-1] if heads else None
 
 
+def width_series(
+    runs: list[dict], value: Callable[[dict], float]
+) -> tuple[list[int], list[float], list[list[float]]]:
+    """Runs grouped by width D (several seeds per width): sorted widths, the mean of ``value`` per width, and
+    the error bars [below, above] from the mean to the smallest and largest run (matplotlib's ``yerr``)."""
+    groups: dict[int, list[float]] = {}
+    for s in runs:
+        groups.setdefault(s["width"], []).append(value(s))
+    widths = sorted(groups)
+    finite = [[v for v in groups[w] if math.isfinite(v)] or [math.nan] for w in widths]
+    means = [_mean(vals) for vals in finite]
+    below = [m - min(vals) for m, vals in zip(means, finite, strict=True)]
+    above = [max(vals) - m for m, vals in zip(means, finite, strict=True)]
+    return widths, means, [below, above]
+
+
+def _seeds_note(runs: list[dict]) -> str:
+    counts = [sum(s["width"] == w for s in runs) for w in {s["width"] for s in runs}]
+    return f"\n(mean and range of {min(counts)}-{max(counts)} runs per width)" if max(counts) > 1 else ""
+
+
+def _plot_width_series(ax: plt.Axes, runs: list[dict], value: Callable[[dict], float], **style) -> list[int]:
+    widths, means, err = width_series(runs, value)
+    ax.errorbar(widths, means, yerr=err, capsize=3, **style)
+    return widths
+
+
+def _distinct_widths(runs: list[dict]) -> int:
+    return len({s["width"] for s in runs})
+
+
 def plot_accuracy_vs_width(runs: list[dict], path: Path) -> Path | None:
     """Linear-probe accuracy at the trunk and at the last head vs D (E/N Figure 4)."""
-    if len(runs) < 2:
+    if _distinct_widths(runs) < 2:
         return None
-    widths = [s["width"] for s in runs]
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(widths, [100 * s["layers"]["trunk"]["linear_acc"] for s in runs], marker="o", label="trunk")
-    head = [100 * s["layers"][h]["linear_acc"] if (h := _head_layer(s)) else math.nan for s in runs]
-    ax.plot(widths, head, marker="s", label="last projector layer")
+    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"]["linear_acc"], marker="o",
+                                label="trunk")
+    _plot_width_series(ax, runs, lambda s: 100 * s["layers"][h]["linear_acc"] if (h := _head_layer(s))
+                       else math.nan, marker="s", label="last projector layer")
     if runs[0].get("chance") is not None:
         ax.axhline(100 * runs[0]["chance"], color="grey", ls="--", lw=1, label="chance")
     _width_axis(ax, widths)
     ax.set_ylabel("linear probe top-1 (%)")
-    ax.set_title("Accuracy vs trunk width (projector fixed)")
+    ax.set_title("Accuracy vs trunk width (projector fixed)" + _seeds_note(runs), fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
 
 def plot_sparsity_vs_width(runs: list[dict], path: Path) -> Path | None:
     """Fraction of exact zeros in the trunk representation vs D (E/N Figure 7)."""
-    if len(runs) < 2:
+    if _distinct_widths(runs) < 2:
         return None
-    widths = [s["width"] for s in runs]
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.plot(widths, [100 * s["layers"]["trunk"]["sparsity"] for s in runs], marker="o", color="C2")
+    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"]["sparsity"], marker="o",
+                                color="C2")
     _width_axis(ax, widths)
     ax.set_ylabel("trunk activations exactly 0 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Sparsity of the trunk representation vs width")
+    ax.set_title("Sparsity of the trunk representation vs width" + _seeds_note(runs), fontsize=10)
     return _save(fig, path)
 
 
@@ -324,17 +355,15 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
     """Trunk linear-probe accuracy on continuous vs binarized (x > 0) features, per D (E/N Figure 9)."""
     if not runs:
         return None
-    labels = [str(s["width"]) for s in runs]
-    xs = range(len(runs))
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.bar([x - 0.2 for x in xs], [100 * s["layers"]["trunk"]["linear_acc"] for s in runs], 0.4,
-           label="continuous")
-    ax.bar([x + 0.2 for x in xs], [100 * s["layers"]["trunk"]["binary_acc"] for s in runs], 0.4,
-           label="binarized (x > 0)")
-    ax.set_xticks(list(xs), labels)
+    for key, shift, label in (("linear_acc", -0.2, "continuous"), ("binary_acc", 0.2, "binarized (x > 0)")):
+        widths, means, err = width_series(runs, lambda s, k=key: 100 * s["layers"]["trunk"][k])
+        xs = [x + shift for x in range(len(widths))]
+        ax.bar(xs, means, 0.4, yerr=err, capsize=3, label=label)
+    ax.set_xticks(list(range(len(widths))), [str(w) for w in widths])
     ax.set_xlabel("trunk width D")
     ax.set_ylabel("trunk linear probe top-1 (%)")
-    ax.set_title("Binarized vs continuous trunk features")
+    ax.set_title("Binarized vs continuous trunk features" + _seeds_note(runs), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -343,15 +372,15 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
 def plot_linear_vs_mlp(runs: list[dict], path: Path) -> Path | None:
     """Trunk linear vs MLP probe accuracy vs D (E/N Figure 8)."""
     runs = [s for s in runs if "mlp_acc" in s["layers"]["trunk"]]
-    if len(runs) < 2:
+    if _distinct_widths(runs) < 2:
         return None
-    widths = [s["width"] for s in runs]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, marker, label in (("linear_acc", "o", "linear probe"), ("mlp_acc", "s", "MLP probe")):
-        ax.plot(widths, [100 * s["layers"]["trunk"][key] for s in runs], marker=marker, label=label)
+        widths = _plot_width_series(ax, runs, lambda s, k=key: 100 * s["layers"]["trunk"][k], marker=marker,
+                                    label=label)
     _width_axis(ax, widths)
     ax.set_ylabel("trunk probe top-1 (%)")
-    ax.set_title("Linear vs non-linear probe on the trunk")
+    ax.set_title("Linear vs non-linear probe on the trunk" + _seeds_note(runs), fontsize=10)
     ax.legend(fontsize=8)
     return _save(fig, path)
 
