@@ -306,7 +306,10 @@ def width_series(
 
 def _seeds_note(runs: list[dict]) -> str:
     counts = [sum(s["width"] == w for s in runs) for w in {s["width"] for s in runs}]
-    return f"\n(mean and range of {min(counts)}-{max(counts)} runs per width)" if max(counts) > 1 else ""
+    if max(counts) == 1:
+        return ""
+    n = str(max(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    return f"\n(mean and range of {n} runs per width)"
 
 
 def _plot_width_series(ax: plt.Axes, runs: list[dict], value: Callable[[dict], float], **style) -> list[int]:
