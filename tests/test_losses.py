@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from rcdm_viz.errors import RcdmVizError
@@ -23,6 +21,7 @@ from rcdm_viz.ssl.losses import (
     vicreg_loss,
     vicreg_terms,
 )
+from tests._spawn import free_port, spawn_ranks
 
 N, K = 8, 6
 
@@ -207,12 +206,6 @@ LOSSES = {
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_param_grads(z_fn, params_seed: int, x1, x2, ddp: bool):
     """Gradient of SimCLR w.r.t. a tiny linear encoder's weight (wrapped in DDP when ``ddp``)."""
     torch.manual_seed(params_seed)
@@ -238,6 +231,7 @@ def _worker(rank: int, port: int, data_path: str, out_dir: str) -> None:
         x1, x2 = (data[key].chunk(WORLD)[rank] for key in ("x1", "x2"))
         out["ddp_weight_grad"] = _ddp_param_grads(LOSSES["simclr"], 0, x1, x2, ddp=True)
         torch.save(out, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while its peer still talks to it (an abort, seen once in CI)
     finally:
         dist.destroy_process_group()
 
@@ -247,7 +241,7 @@ def test_two_processes_match_one(tmp_path):
     x1, x2 = _pair(6, n=8, k=3)
     data_path = tmp_path / "data.pt"
     torch.save({"z1": z1, "z2": z2, "x1": x1, "x2": x2}, data_path)
-    mp.spawn(_worker, args=(_free_port(), str(data_path), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, (free_port(), str(data_path), str(tmp_path)), WORLD, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     rows = torch.arange(z1.shape[0]).chunk(WORLD)
 

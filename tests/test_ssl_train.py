@@ -5,13 +5,11 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from rcdm_viz.cli import main
@@ -22,6 +20,7 @@ from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.ssl.batchnorm import GlobalBatchNorm
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.train import build_ssl_step, train_encoder
+from tests._spawn import free_port, spawn_ranks
 from tests.conftest import TINY, tiny_config
 
 
@@ -104,12 +103,6 @@ def _views(seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
@@ -129,13 +122,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         rows = slice(rank * N, (rank + 1) * N)
         results = {m: _run_steps(m, accelerator, _views(), rows) for m in METHODS}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while its peer still talks to it
     finally:
         dist.destroy_process_group()
 
 
 def test_two_processes_train_like_one(tmp_path):
     """The real SSL step (views -> encoder -> loss -> LARS), DDP with global BatchNorm, vs one process."""
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn_ranks(_worker, (free_port(), str(tmp_path)), WORLD, tmp_path)
     from rcdm_viz.training import make_accelerator
 
     accelerator = make_accelerator(_two_process_config("simclr").ssl.precision)
