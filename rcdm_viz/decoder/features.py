@@ -24,7 +24,7 @@ from torch import Tensor
 
 from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import Encoder
-from rcdm_viz.evaluation.probes import extract_features
+from rcdm_viz.evaluation.probes import binarize, extract_features
 
 
 class Storage(StrEnum):
@@ -36,7 +36,7 @@ class Storage(StrEnum):
 
 def pack_bits(feats: Tensor) -> Tensor:
     """uint8 [N, ceil(D / 8)]: the bits 1[x > 0] of ``feats`` [N, D], eight per byte, first bit highest."""
-    return torch.from_numpy(np.packbits((feats > 0).cpu().numpy(), axis=1))
+    return torch.from_numpy(np.packbits(binarize(feats).to(torch.uint8).cpu().numpy(), axis=1))
 
 
 def unpack_bits(packed: Tensor, dim: int) -> Tensor:

@@ -277,11 +277,6 @@ def ridge_path(x: Tensor, y: Tensor, ridges: Sequence[float]) -> list[Tensor]:
     return out
 
 
-def ridge_fit(x: Tensor, y: Tensor, ridge: float) -> Tensor:
-    """Ridge weights W [D, T] for one penalty (see ``ridge_path``)."""
-    return ridge_path(x, y, [ridge])[0]
-
-
 def r2_score(pred: Tensor, target: Tensor) -> float:
     """Coefficient of determination over all target columns: 1 - SSE / SST (SST around target mean)."""
     sse = (pred - target).pow(2).sum()

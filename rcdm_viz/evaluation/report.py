@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -305,7 +306,7 @@ def width_series(
 
 
 def _seeds_note(runs: list[dict]) -> str:
-    counts = [sum(s["width"] == w for s in runs) for w in {s["width"] for s in runs}]
+    counts = Counter(s["width"] for s in runs).values()
     if max(counts) == 1:
         return ""
     n = str(max(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
