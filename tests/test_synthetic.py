@@ -76,6 +76,23 @@ def test_deterministic_alone_batched_and_across_instances(monkeypatch: pytest.Mo
     assert torch.equal(big.render_batch(torch.arange(240))[0], one)
 
 
+def test_culling_drops_no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only rays passing near the object's padded bounding ball are traced against it. With the ball made
+    # huge every ray is traced (brute force): no pixel may change, and culling must skip most of the work.
+    c = len(SyntheticScenes.SHAPES)
+    _, factors = sample_factors(torch.arange(6 * c), seed=6, split="test")
+    factors["spot_theta"][::2] = math.pi / 4  # long shadows: the hardest case for the shadow-ray test
+    labels = torch.arange(6 * c) % c  # every shape
+    traced: list[int] = []
+    pairs = syn._pairs
+    monkeypatch.setattr(syn, "_pairs", lambda mask: (traced.append(int(mask.sum())), pairs(mask))[1])
+    culled = render(factors, labels, 32)
+    n_culled, traced[:] = sum(traced), []
+    monkeypatch.setattr(syn, "_CULL_MARGIN", 1e3)
+    assert torch.equal(render(factors, labels, 32), culled)
+    assert n_culled < 0.5 * sum(traced)
+
+
 def test_seed_and_resolution_are_part_of_the_key() -> None:
     a = SyntheticScenes(8, seed=0).render_batch(range(8))
     b = SyntheticScenes(8, seed=1).render_batch(range(8))

@@ -8,7 +8,9 @@ are analytic convex shapes (the classification label is the shape), each resting
 half (local x < 0) painted paler so that rotations about a symmetry axis stay visible. The renderer is a
 vectorised ray caster in torch: one primary ray per (sub)pixel against the object and the floor,
 Lambertian shading under a spot light with a smooth cone, a shadow ray from every floor point to the
-light (the cast shadow shows where the light is), and a little ambient light.
+light (the cast shadow shows where the light is), and a little ambient light. Rays that a cheap,
+conservative test (a padded bounding ball) shows cannot meet the object are not traced against it: a
+saving only, every pixel is the same as with every ray traced.
 
 Determinism: image i is a pure function of (seed, split, i, resolution). The factors come from a
 counter-based hash (splitmix64 of (seed, split, factor stream, index)), never from a sequential RNG, so an
@@ -20,9 +22,10 @@ and any batch split give bit-identical pixels on CPU.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -188,7 +191,7 @@ def _poly_normal(poly: _Polytope, p: Vec) -> Vec:
             face = torch.where(r > best, k, face)
             best = torch.maximum(best, r)
     table = torch.tensor(units, dtype=p[0].dtype, device=p[0].device).T.contiguous()  # [3, faces]
-    return table[0][face], table[1][face], table[2][face]
+    return tuple(table.index_select(1, face.view(-1)).view(3, *face.shape))  # type: ignore[return-value]
 
 
 def _poly_support(poly: _Polytope, u: Tensor) -> Tensor:
@@ -407,7 +410,10 @@ _PAINT_MIX = 0.55  # the object's local x < 0 half is mixed this much with white
 _FLOOR_SV = (0.4, 0.85)  # less saturated floor
 _LIGHT_SV = (0.55, 1.0)
 _AUTO_SUPERSAMPLE_MAX_RES = 32  # default anti-aliasing (2 x 2 rays per pixel) up to this resolution
-_CHUNK_ELEMENTS = 1 << 18  # pixels x images per chunk: bounds memory and keeps temporaries in cache
+_CHUNK_ELEMENTS = 1 << 20  # pixels x images per chunk: bounds memory (4 MB a temporary), amortises op costs
+# Culling pads every bounding radius by this (world units, ~1e3 times the float32 error of the tests), so
+# a ray the cheap test drops can never meet the object: skipping it leaves every pixel bit-identical.
+_CULL_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -416,10 +422,10 @@ class _Camera:
 
     origin: tuple[float, float, float]
     size: int
-    floor: Vec  # [P] each: floor hit of every pixel's ray (all rays look down)
-    rows: slice  # the rectangle of pixels whose rays can meet the object at all
-    cols: slice
-    obj_dirs: Vec  # [Q] each: ray directions over that rectangle, row-major
+    floor: Tensor  # [3, P]: floor hit of every pixel's ray (all rays look down)
+    obj_pixels: Tensor  # long [Q]: flat indices of the rectangle of pixels whose rays can meet any object
+    obj_dirs: Tensor  # [3, Q]: ray directions over that rectangle
+    obj_axial: Tensor  # [Q]: -(o_x d_x + o_y d_y), the image-independent part of (centre - o) . d
 
 
 @lru_cache(maxsize=16)
@@ -437,18 +443,20 @@ def _camera(size: int, device: str) -> _Camera:
     d = d / d.norm(dim=1, keepdim=True)
     floor = torch.tensor(origin, dtype=torch.float64) + (-origin[2] / d[:, 2])[:, None] * d
     # Object centres lie on the segment (0, 0, [0, _BOUND_RADIUS]); keep the rectangle of rays passing
-    # within the bounding radius of it (a slice, so that compositing needs no gather / scatter).
+    # within the bounding radius of it (a rectangle: per-image culling then tests fewer rays).
     z = torch.linspace(0.0, _BOUND_RADIUS, 64, dtype=torch.float64)
     centres = torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], dim=1)
     centres = centres - torch.tensor(origin, dtype=torch.float64)
     dist2 = (centres**2).sum(1)[None, :] - (d @ centres.T) ** 2  # squared ray-to-centre distances
     near = (dist2.amin(dim=1) <= (_BOUND_RADIUS + 0.05) ** 2).view(size, size)
     rows, cols = torch.nonzero(near.any(dim=1)).flatten(), torch.nonzero(near.any(dim=0)).flatten()
-    rs, cs = slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    rows, cols = torch.arange(int(rows[0]), int(rows[-1]) + 1), torch.arange(int(cols[0]), int(cols[-1]) + 1)
+    pixels = (rows[:, None] * size + cols[None, :]).flatten()
+    crop = d[pixels]
+    axial = -(origin[0] * crop[:, 0] + origin[1] * crop[:, 1])
     f32 = {"dtype": torch.float32, "device": device}
-    crop = d.view(size, size, 3)[rs, cs].reshape(-1, 3)
-    return _Camera(origin, size, tuple(floor[:, k].to(**f32).contiguous() for k in range(3)),  # type: ignore[arg-type]
-                   rs, cs, tuple(crop[:, k].to(**f32).contiguous() for k in range(3)))  # type: ignore[arg-type]
+    return _Camera(origin, size, floor.T.to(**f32).contiguous(), pixels.to(device),
+                   crop.T.to(**f32).contiguous(), axial.to(**f32))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -473,10 +481,21 @@ def _rotation(yaw: Tensor, pitch: Tensor, roll: Tensor) -> Tensor:
     ], dim=1)
 
 
+# Rows of the per-image parameter table, ordered so that what each per-pixel stage gathers is one span
+# (shadow rays: floor_local_k .. rot; camera rays: rot .. cam_local, then rot .. light_rgb).
+_PARAM_ROWS: dict[str, int] = {
+    "floor_local_k": 3, "light_local": 3, "rot": 9, "cam_local": 3, "light": 3, "spot": 3, "obj_rgb": 3,
+    "pale_rgb": 3, "light_rgb": 3, "floor_rgb": 3, "ray_cull": 2, "shadow_cull": 4,
+}
+_PARAM_START = dict(zip(_PARAM_ROWS, itertools.accumulate(_PARAM_ROWS.values(), initial=0), strict=False))
+
+
 @dataclass(frozen=True)
 class _Params:
-    """Per-image constants of a batch; every tensor is float32 [n, 1] (or a triple of them)."""
+    """Per-image constants of a batch: one float32 table [K, n] (a row per scalar, layout _PARAM_ROWS), and
+    each field as a tuple of its rows viewed as [n, 1] columns (they broadcast over [n, P] pixel tensors)."""
 
+    table: Tensor
     rot: tuple[Tensor, ...]  # R[i][j] flattened row-major, 9 columns
     cam_local: Vec  # camera position in the object frame
     floor_local_k: Vec  # -R^T (0, 0, cz): object-frame offset of a floor point, beyond its x, y part
@@ -487,10 +506,47 @@ class _Params:
     pale_rgb: Vec
     floor_rgb: Vec
     light_rgb: Vec
+    ray_cull: tuple[Tensor, Tensor]  # (k, far): a camera ray d can hit iff (axial + k d_z)^2 >= far
+    shadow_cull: tuple[Tensor, Tensor, Tensor, Tensor]  # (e_x, e_y, e_z L_z, far), see _shadow_candidates
+
+    @staticmethod
+    def of(table: Tensor) -> _Params:
+        """Named [n, 1] views of the rows of a table [K, n]."""
+        rows = iter(table.unsqueeze(2))
+        return _Params(table, **{k: tuple(next(rows) for _ in range(m)) for k, m in _PARAM_ROWS.items()})
 
     def index(self, idx: Tensor) -> _Params:
         """The parameters of a subset of images (idx: long [m])."""
-        return _Params(**{k: tuple(t[idx] for t in getattr(self, k)) for k in self.__dataclass_fields__})
+        return _Params.of(self.table.index_select(1, idx))
+
+    def take(self, img: Tensor, names: Sequence[str]) -> dict[str, tuple[Tensor, ...]]:
+        """Fields `names` for M (image, pixel) pairs (img: long [M]) -> name -> tuple of [M] tensors.
+
+        One gather of the span of rows they occupy (contiguous [M] results).
+        """
+        lo = min(_PARAM_START[k] for k in names)
+        hi = max(_PARAM_START[k] + _PARAM_ROWS[k] for k in names)
+        rows = _gather_columns(self.table[lo:hi], img)
+        return {k: tuple(rows[_PARAM_START[k] - lo : _PARAM_START[k] - lo + _PARAM_ROWS[k]]) for k in names}
+
+
+def _gather_columns(table: Tensor, idx: Tensor) -> Tensor:
+    """table[:, idx] for a table [K, n] and long idx [M] -> [K, M] (torch.gather splits this work over
+    threads, unlike index_select along dim 1 or advanced indexing)."""
+    return torch.gather(table, 1, idx.expand(table.shape[0], -1))
+
+
+def _cull_params(labels: Tensor, cz: Tensor, light: Tensor, cam: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-image constants of the culling tests (float64 [N, 2] and [N, 4]; see _object_candidates and
+    _shadow_candidates): the object lies in the ball of centre c = (0, 0, cz) and padded radius r."""
+    radii = torch.tensor([_SHAPE_OPS[s].radius for s in Shape], dtype=torch.float64, device=cz.device)
+    r2 = (radii[labels] + _CULL_MARGIN) ** 2
+    k = cz - cam[2]  # (c - o) = (-o_x, -o_y, k)
+    ray = torch.stack([k, cam[0] ** 2 + cam[1] ** 2 + k * k - r2], dim=1)
+    e = -light  # e = c - L
+    e[:, 2] += cz
+    shadow = torch.stack([e[:, 0], e[:, 1], e[:, 2] * light[:, 2], (e * e).sum(1) - r2], dim=1)
+    return ray, shadow
 
 
 def _scene_params(factors: dict[str, Tensor], labels: Tensor, camera_origin: Sequence[float]) -> _Params:
@@ -514,17 +570,17 @@ def _scene_params(factors: dict[str, Tensor], labels: Tensor, camera_origin: Seq
         return torch.stack([sum(rot[:, i, j] * q[:, i] for i in range(3)) for j in range(3)], dim=1)
 
     obj = _hsv_to_rgb(f["object_hue"], *_OBJECT_SV)
+    ray_cull, shadow_cull = _cull_params(labels, cz, light, cam)
 
-    def cols(x: Tensor) -> Vec:
-        return tuple(x[:, k : k + 1].to(torch.float32).contiguous() for k in range(x.shape[1]))  # type: ignore[return-value]
-
-    return _Params(
-        rot=cols(rot.reshape(-1, 9)), cam_local=cols(local(cam.expand_as(centre))),
-        floor_local_k=cols(-rot[:, 2, :] * cz[:, None]), light_local=cols(local(light)), light=cols(light),
-        spot=cols(-axis), obj_rgb=cols(obj), pale_rgb=cols(obj + _PAINT_MIX * (1.0 - obj)),
-        floor_rgb=cols(_hsv_to_rgb(f["floor_hue"], *_FLOOR_SV)),
-        light_rgb=cols(_LIGHT_GAIN * _hsv_to_rgb(f["spot_hue"], *_LIGHT_SV)),
-    )
+    fields = {
+        "floor_local_k": -rot[:, 2, :] * cz[:, None], "light_local": local(light), "rot": rot.reshape(-1, 9),
+        "cam_local": local(cam.expand_as(centre)), "light": light, "spot": -axis, "obj_rgb": obj,
+        "pale_rgb": obj + _PAINT_MIX * (1.0 - obj),
+        "light_rgb": _LIGHT_GAIN * _hsv_to_rgb(f["spot_hue"], *_LIGHT_SV),
+        "floor_rgb": _hsv_to_rgb(f["floor_hue"], *_FLOOR_SV), "ray_cull": ray_cull,
+        "shadow_cull": shadow_cull,
+    }
+    return _Params.of(torch.cat([fields[k] for k in _PARAM_ROWS], dim=1).T.to(torch.float32).contiguous())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -532,27 +588,39 @@ def _scene_params(factors: dict[str, Tensor], labels: Tensor, camera_origin: Seq
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _spot_lambert(p: Vec, normal: Vec | None, prm: _Params) -> Tensor:
+def _spot_lambert(v: Vec, normal: Vec | None, spot: Vec) -> tuple[Tensor, Tensor]:
     """Irradiance factor at points p with unit normals: spot cone x Lambert cosine x inverse square.
 
+    v = light - p (each [n, P] or [M]), spot: the unit spot axis; returns the irradiance and |v|^2.
     normal None means the floor: p on z = 0 with normal +z (saves the work of multiplying by zeros).
+    In-place steps reuse buffers (fewer cache misses); each is the same float32 operation as its
+    out-of-place form (torch computes a / x as reciprocal(x) * a, so reciprocal alone is 1 / x).
     """
-    vx, vy = prm.light[0] - p[0], prm.light[1] - p[1]
-    vz = prm.light[2] - p[2] if normal is not None else prm.light[2]
-    d2 = vx * vx + vy * vy + vz * vz
-    inv = 1.0 / torch.sqrt(d2)
-    cos_axis = -(vx * prm.spot[0] + vy * prm.spot[1] + vz * prm.spot[2]) * inv
-    x = torch.clamp((cos_axis - _SPOT_COS_OUTER) * (1.0 / (_SPOT_COS_INNER - _SPOT_COS_OUTER)), 0.0, 1.0)
-    cone = x * x * (3.0 - 2.0 * x)  # smoothstep: soft edge of the lit pool
+    vx, vy, vz = v
+    d2 = vx * vx
+    d2 += vy * vy
+    d2 += vz * vz
+    inv = torch.sqrt(d2).reciprocal_()
+    x = vx * spot[0]
+    x += vy * spot[1]
+    x += vz * spot[2]
+    x = x.neg_().mul_(inv)  # cosine to the spot axis
+    x = x.sub_(_SPOT_COS_OUTER).mul_(1.0 / (_SPOT_COS_INNER - _SPOT_COS_OUTER)).clamp_(0.0, 1.0)
+    irr = x * x
+    irr *= x.mul_(-2.0).add_(3.0)  # smoothstep x^2 (3 - 2 x): soft edge of the lit pool
     if normal is None:
-        lambert = vz * inv  # the light is always above the floor
+        irr *= inv.mul_(vz)  # Lambert cosine; the light is always above the floor
     else:
-        lambert = torch.clamp((normal[0] * vx + normal[1] * vy + normal[2] * vz) * inv, min=0.0)
-    return cone * lambert * ((_LIGHT_DISTANCE * _LIGHT_DISTANCE) / d2)
+        lambert = normal[0] * vx
+        lambert += normal[1] * vy
+        lambert += normal[2] * vz
+        irr *= lambert.mul_(inv).clamp_(min=0.0)
+    irr *= d2.reciprocal().mul_(_LIGHT_DISTANCE * _LIGHT_DISTANCE)  # inverse square, 1 at the target
+    return irr, d2
 
 
 def _to_world(rot: tuple[Tensor, ...], v: Vec) -> Vec:
-    """R v for per-image rotations (rot: 9 columns [n, 1]) and vectors v ([n, P] each)."""
+    """R v for per-image rotations (rot: 9 columns, [n, 1] or [M]) and vectors v ([n, P] or [M] each)."""
     return tuple(rot[3 * i] * v[0] + rot[3 * i + 1] * v[1] + rot[3 * i + 2] * v[2] for i in range(3))  # type: ignore[return-value]
 
 
@@ -561,44 +629,124 @@ def _to_local(rot: tuple[Tensor, ...], v: Vec) -> Vec:
     return tuple(rot[j] * v[0] + rot[3 + j] * v[1] + rot[6 + j] * v[2] for j in range(3))  # type: ignore[return-value]
 
 
-def _floor_colour(ops: _ShapeOps, prm: _Params, cam: _Camera) -> Vec:
-    """Colour of the floor seen through every pixel: spot pool, Lambert, the object's cast shadow."""
-    fx, fy, fz = cam.floor
-    irr = _spot_lambert((fx, fy, fz), None, prm)
+def _pairs(mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The True entries of mask [n, P]: image and pixel indices as contiguous long [M], and the long
+    [M, 2] (image, pixel) indices."""
+    ij = torch.nonzero(mask)
+    return ij[:, 0].contiguous(), ij[:, 1].contiguous(), ij
+
+
+# (shape, first image, end image) for each shape present in a chunk whose images are grouped by shape
+_Classes = list[tuple[_ShapeOps, int, int]]
+
+
+def _spans(img: Tensor, classes: _Classes) -> Iterator[tuple[_ShapeOps, int, int]]:
+    """Ranges [a, b) of (image, pixel) pairs per shape, for pairs sorted by image (long [M]) of a chunk
+    whose images are grouped by shape: the shape-specific maths runs on slices, the rest on all pairs."""
+    last = torch.tensor([e for _, _, e in classes], dtype=img.dtype, device=img.device)  # image ends
+    ends = torch.searchsorted(img, last)
+    a = 0
+    for (ops, _, _), b in zip(classes, ends.tolist(), strict=True):
+        if b > a:
+            yield ops, a, b
+        a = b
+
+
+def _shadow_candidates(v: Vec, d2: Tensor, prm: _Params) -> Tensor:
+    """Floor pixels whose shadow ray may be blocked: the line through the floor point p and the light L
+    passes within the padded radius r of the object's centre c; bool [n, P]. (Also requiring the point
+    to be lit would drop almost none: the shadow falls inside the pool of light.)
+
+    With e = c - L and q = p - L = -v, the squared distance from c to the line is |e|^2 - (e.q)^2 / |q|^2,
+    so the test is (e.q)^2 >= (|e|^2 - r^2) |q|^2: a few full-size ops instead of the ray-solid interval.
+    """
+    ex, ey, ezlz, far = prm.shadow_cull
+    eq = ex * v[0]
+    eq += ey * v[1]
+    eq += ezlz  # = -(e.q)
+    return eq.mul_(eq) >= d2 * far
+
+
+def _floor_colour(classes: _Classes, prm: _Params, cam: _Camera, out: Tensor) -> None:
+    """Colour of the floor seen through every pixel into out [n, 3, P]: spot pool, Lambert, the object's
+    cast shadow (shadow rays are traced only for the candidate pixels; the others cannot be blocked)."""
+    v = (prm.light[0] - cam.floor[0], prm.light[1] - cam.floor[1], prm.light[2])
+    irr, d2 = _spot_lambert(v, None, prm.spot)
+    img, pix, ij = _pairs(_shadow_candidates(v, d2, prm))
+    g = prm.take(img, ("rot", "floor_local_k", "light_local"))
+    rot, px, py = g["rot"], *_gather_columns(cam.floor[:2], pix)
     # Shadow ray floor point -> light, in the object frame: o = R^T (p - c), d = R^T (L - c) - o, t in (0, 1).
-    o = tuple(prm.rot[j] * fx + prm.rot[3 + j] * fy + prm.floor_local_k[j] for j in range(3))
-    d = tuple(prm.light_local[j] - o[j] for j in range(3))
-    enter, exit_ = ops.interval(o, d)  # type: ignore[arg-type]
-    blocked = (enter < exit_) & (exit_ > 0.0) & (enter < 1.0)
-    irr = irr.masked_fill_(blocked, 0.0)
-    return tuple(prm.floor_rgb[k] * (_AMBIENT + prm.light_rgb[k] * irr) for k in range(3))  # type: ignore[return-value]
+    o = tuple(rot[j] * px + rot[3 + j] * py + g["floor_local_k"][j] for j in range(3))
+    d = tuple(g["light_local"][j] - o[j] for j in range(3))
+    blocked = torch.empty_like(img, dtype=torch.bool)
+    for ops, a, b in _spans(img, classes):
+        enter, exit_ = ops.interval(tuple(c[a:b] for c in o), tuple(c[a:b] for c in d))  # type: ignore[arg-type]
+        torch.lt(enter, exit_, out=blocked[a:b]).logical_and_(exit_ > 0.0).logical_and_(enter < 1.0)
+    flat, irr_flat = ij[:, 0] * irr.shape[1] + ij[:, 1], irr.view(-1)
+    # Write back every candidate (a gather and a scatter are cheaper than selecting the blocked ones).
+    irr_flat.scatter_(0, flat, irr_flat.index_select(0, flat).masked_fill_(blocked, 0.0))
+    light = torch.empty_like(irr)
+    for k in range(3):
+        torch.mul(irr, prm.light_rgb[k], out=light)
+        torch.mul(light.add_(_AMBIENT), prm.floor_rgb[k], out=out[:, k])
 
 
-def _object_colour(ops: _ShapeOps, prm: _Params, cam: _Camera) -> tuple[Tensor, Vec]:
-    """Hit mask [n, Q] and colour of the object over the pixels that may see it (cam.rows x cam.cols)."""
-    d = _to_local(prm.rot, cam.obj_dirs)
-    enter, exit_ = ops.interval(prm.cam_local, d)
-    hit = (enter < exit_) & (enter > 0.0)
-    t = torch.where(hit, enter, 0.0)
-    p_local = tuple(prm.cam_local[k] + t * d[k] for k in range(3))
-    normal = _to_world(prm.rot, ops.normal(p_local))  # type: ignore[arg-type]
-    p_world = tuple(cam.origin[k] + t * cam.obj_dirs[k] for k in range(3))
-    irr = _spot_lambert(p_world, normal, prm)  # type: ignore[arg-type]
+def _object_candidates(prm: _Params, cam: _Camera) -> Tensor:
+    """Rays of the rectangle [n, Q] that pass within the padded radius of the object's centre: only these
+    can hit it. The squared distance to the centre c from the ray o + t d (|d| = 1) is
+    |c - o|^2 - ((c - o).d)^2, and (c - o).d = axial + k d_z."""
+    k, far = prm.ray_cull
+    w = k * cam.obj_dirs[2]
+    w += cam.obj_axial
+    return w.mul_(w) >= far
+
+
+def _object_hits(classes: _Classes, prm: _Params, cam: _Camera) -> tuple[Tensor, Tensor, Tensor, Vec]:
+    """Camera rays that hit the object: image and rectangle-pixel indices (long [M]), ray parameter t
+    of the entry point and the ray direction in the object frame ([M] each)."""
+    img, pix, _ = _pairs(_object_candidates(prm, cam))
+    g = prm.take(img, ("rot", "cam_local"))
+    d = _to_local(g["rot"], tuple(_gather_columns(cam.obj_dirs, pix)))  # type: ignore[arg-type]
+    enter, hit = torch.empty_like(d[0]), torch.empty_like(img, dtype=torch.bool)
+    for ops, a, b in _spans(img, classes):
+        e, x = ops.interval(tuple(c[a:b] for c in g["cam_local"]), tuple(c[a:b] for c in d))  # type: ignore[arg-type]
+        enter[a:b] = e
+        torch.lt(e, x, out=hit[a:b]).logical_and_(e > 0.0)
+    sel = torch.nonzero(hit).view(-1)  # shade only the rays that hit
+    return (img.index_select(0, sel), pix.index_select(0, sel), enter.index_select(0, sel),
+            tuple(c.index_select(0, sel) for c in d))  # type: ignore[return-value]
+
+
+def _object_colour(classes: _Classes, prm: _Params, cam: _Camera, out: Tensor) -> None:
+    """Colour of the object written over out [n, 3, P] where a camera ray hits it."""
+    img, pix, t, d = _object_hits(classes, prm, cam)
+    g = prm.take(img, ("rot", "cam_local", "light", "spot", "obj_rgb", "pale_rgb", "light_rgb"))
+    p_local = tuple(g["cam_local"][k] + t * d[k] for k in range(3))
+    n_local = torch.empty((3, t.numel()), dtype=t.dtype, device=t.device)
+    for ops, a, b in _spans(img, classes):
+        for k, nk in enumerate(ops.normal(tuple(pk[a:b] for pk in p_local))):  # type: ignore[arg-type]
+            n_local[k, a:b] = nk
+    normal = _to_world(g["rot"], tuple(n_local))  # type: ignore[arg-type]
+    dirs = _gather_columns(cam.obj_dirs, pix)
+    v = tuple(g["light"][k] - (cam.origin[k] + t * dirs[k]) for k in range(3))  # light - hit point
+    irr, _ = _spot_lambert(v, normal, g["spot"])  # type: ignore[arg-type]
     painted = p_local[0] >= 0.0
-    albedo = tuple(torch.where(painted, prm.obj_rgb[k], prm.pale_rgb[k]) for k in range(3))
-    return hit, tuple(albedo[k] * (_AMBIENT + prm.light_rgb[k] * irr) for k in range(3))  # type: ignore[return-value]
+    colour = torch.empty((3, t.numel()), dtype=t.dtype, device=t.device)
+    for k in range(3):
+        torch.where(painted, g["obj_rgb"][k], g["pale_rgb"][k], out=colour[k])  # albedo
+        colour[k] *= g["light_rgb"][k] * irr + _AMBIENT
+    channel = torch.arange(3, device=t.device)[:, None] * out.shape[2]
+    where = channel + (img * out[0].numel() + cam.obj_pixels.index_select(0, pix))
+    out.view(-1).scatter_(0, where.view(-1), colour.view(-1))  # distinct indices: deterministic
 
 
-def _render_chunk(ops: _ShapeOps, prm: _Params, cam: _Camera) -> Tensor:
-    """Images of one shape class: [n, 3, S, S] float32 in [0, 1]."""
-    floor = _floor_colour(ops, prm, cam)
-    hit, obj = _object_colour(ops, prm, cam)
+def _render_chunk(classes: _Classes, prm: _Params, cam: _Camera) -> Tensor:
+    """Images of a chunk grouped by shape: [n, 3, S, S] float32 in [0, 1]."""
     s = cam.size
-    out = torch.stack(floor, dim=1).view(-1, 3, s, s)
-    region = out[:, :, cam.rows, cam.cols]
-    shape = region.shape
-    region.copy_(torch.where(hit.view(-1, 1, *shape[2:]), torch.stack(obj, dim=1).view(shape), region))
-    return out.clamp_(0.0, 1.0)
+    out = torch.empty((prm.rot[0].shape[0], 3, s * s), dtype=torch.float32, device=prm.rot[0].device)
+    _floor_colour(classes, prm, cam, out)
+    _object_colour(classes, prm, cam, out)
+    return out.view(-1, 3, s, s).clamp_(0.0, 1.0)
 
 
 def _check_resolution(resolution: int) -> None:
@@ -642,14 +790,17 @@ def render(
     size = resolution * supersample
     cam = _camera(size, str(device))
     prm = _scene_params(values, labels, cam.origin)
-    img = torch.empty((labels.numel(), 3, size, size), dtype=torch.float32, device=device)
+    img = torch.empty((labels.numel(), 3, resolution, resolution), dtype=torch.float32, device=device)
     chunk = max(1, _CHUNK_ELEMENTS // (size * size))
-    for k, shape in enumerate(Shape):
-        idx = torch.nonzero(labels == k).flatten()
-        for start in range(0, idx.numel(), chunk):
-            sub = idx[start : start + chunk]
-            img.index_copy_(0, sub, _render_chunk(_SHAPE_OPS[shape], prm.index(sub), cam))
-    return _block_mean(img, supersample) if supersample > 1 else img
+    order = torch.sort(labels, stable=True).indices  # images grouped by shape: one chunk may hold several
+    for start in range(0, order.numel(), chunk):
+        sub = order[start : start + chunk]
+        ends = torch.bincount(labels[sub], minlength=len(Shape)).cumsum(0).tolist()
+        classes = [(_SHAPE_OPS[shape], a, b) for shape, a, b in zip(Shape, [0, *ends], ends, strict=False)]
+        fine = _render_chunk([c for c in classes if c[2] > c[1]], prm.index(sub), cam)
+        # Average while the chunk is still in cache (elementwise: the same bits as over the batch).
+        img.index_copy_(0, sub, _block_mean(fine, supersample) if supersample > 1 else fine)
+    return img
 
 
 def _block_mean(img: Tensor, s: int) -> Tensor:
@@ -783,10 +934,11 @@ class SyntheticScenes(Dataset):
 
 
 def render_rate(resolution: int, n: int = 512, seed: int = 0, supersample: int | None = None) -> float:
-    """Images per second of `render_batch` for n scenes at this resolution (after one warm-up call)."""
+    """Images per second of `render_batch` for n scenes at this resolution (the steady rate of a loader:
+    after one warm-up call of the same size, which grows the heap to the working set of the batch)."""
     scenes = SyntheticScenes(n, resolution=resolution, seed=seed, supersample=supersample)
     idx = torch.arange(n)
-    scenes.render_batch(idx[: min(n, 64)])
+    scenes.render_batch(idx)
     start = time.perf_counter()
     scenes.render_batch(idx)
     return n / (time.perf_counter() - start)
