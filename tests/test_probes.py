@@ -143,6 +143,29 @@ def test_factor_probe_chooses_more_penalty_when_wide_features_would_overfit():
     assert tiny < -1 and chosen == 1.0 and tuned > 0.7
 
 
+def test_a_unit_dead_on_the_training_split_does_not_wreck_the_probes():
+    """A ReLU unit never active on the training images but active on one validation image: with its std
+    (0) as the scale that image became a 1e4-sigma input (seen: factor R² -2 at a head layer)."""
+    gen = torch.Generator().manual_seed(3)
+    n = 400
+    factor = torch.rand(n, generator=gen)
+    feats = torch.relu(torch.randn(n, 32, generator=gen) + 2 * factor[:, None])
+    labels = (factor > 0.5).long()
+    feats[:300, 5] = 0.0  # dead on the training split
+    feats[300, 5] = 0.5  # ... once active on validation
+    feats[:300, 6] = 0.0  # active on a single training image (a std of ~1e-4 of the layer's)
+    feats[0, 6] = 1e-3
+    feats[301, 6] = 0.5
+    tr, te = {"a": factor[:300, None]}, {"a": factor[300:, None]}
+    r2 = factor_probe(feats[:300], tr, feats[300:], te, ridges=(1e-4, 1e-2, 1.0))["a"]
+    acc = linear_probe(feats[:300], labels[:300], feats[300:], labels[300:])
+    clean = torch.cat([feats[:, :5], feats[:, 7:]], dim=1)
+    r2_clean = factor_probe(clean[:300], tr, clean[300:], te, ridges=(1e-4, 1e-2, 1.0))["a"]
+    acc_clean = linear_probe(clean[:300], labels[:300], clean[300:], labels[300:])
+    assert r2 > 0.7 and abs(r2 - r2_clean) < 0.05
+    assert acc > 0.7 and abs(acc - acc_clean) <= 0.03
+
+
 def test_probe_config_rejects_bad_ridge():
     with pytest.raises(RcdmVizError, match="probe.ridge"):
         ProbeConfig(ridge=())

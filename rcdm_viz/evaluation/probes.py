@@ -85,9 +85,21 @@ def _check_splits(train_x: Tensor, test_x: Tensor, what: str) -> None:
         raise RcdmVizError(f"{what} needs non-empty splits (train {len(train_x)}, test {len(test_x)})")
 
 
+STD_FLOOR = 0.1  # no feature is scaled by less than this fraction of its layer's RMS std (see _standardize)
+
+
 def _standardize(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor]:
-    """Scale features by the training set's statistics (a linear change: the probe class is the same)."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    """Scale features [N, D] by the training set's statistics (a linear change: the probe class is the same).
+
+    A ReLU unit active on no (or a handful of) training images has a std near 0: dividing by it made one
+    active validation image a 1e4-sigma input, and a probe that had used the unit to fit one training image
+    then predicted nonsense for it (seen: factor R² -2 at a head1 layer). Scales are floored at STD_FLOOR x
+    the layer's RMS std instead: such a unit stays a weak input for the fit and a rare activation an ordinary
+    outlier; units above the floor (all of them in a dense layer) are standardized as before.
+    """
+    mean, std = train_x.mean(0), train_x.std(0)
+    floor = (STD_FLOOR * std.pow(2).mean().sqrt()).clamp_min(1e-12)
+    std = std.clamp_min(floor)
     return (train_x - mean) / std, (test_x - mean) / std
 
 
