@@ -65,3 +65,25 @@ def test_bad_input_is_named(data):
         conditional_losses({"trunk": dec}, images, {"trunk": reps["trunk"]}, bands=((900, 1200),))
     with pytest.raises(RcdmVizError, match="no decoder for layers \\['head3'\\]"):
         conditional_losses({"trunk": dec}, images, reps)
+
+
+def test_script_prints_and_saves_the_table(tiny_run, tmp_path, monkeypatch, capsys):
+    import runpy
+    import shutil
+    from pathlib import Path
+
+    from rcdm_viz.runs import read_json
+
+    _, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run.root, copy)
+    script = Path(__file__).parents[1] / "scripts" / "conditioning_gap.py"
+    argv = ["conditioning_gap.py", "--run", str(copy), "--n", "4", "--layers", "trunk"]
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["layer", "t", "true", "shuffled", "null", "true/null"]
+    bands = ["0-200", "200-500", "500-800", "800-1000"]
+    assert [ln.split()[:2] for ln in lines[1:]] == [["trunk", b] for b in bands]
+    saved = read_json(copy / "decoders" / "conditioning.json")
+    assert saved["n"] == 4 and list(saved["losses"]["trunk"]) == bands
