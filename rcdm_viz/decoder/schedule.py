@@ -82,18 +82,25 @@ def diffusion_loss(
     t, uncond = t.to(x0.device), uncond.to(x0.device)
     noise = noise.to(device=x0.device, dtype=x0.dtype)
     x_t = scheduler.add_noise(x0, noise, t)
-    prediction = PredictionType(scheduler.config.prediction_type)
-    if prediction is PredictionType.EPSILON:
-        target = noise
-    elif prediction is PredictionType.V_PREDICTION:
-        target = scheduler.get_velocity(x0, noise, t)
-    else:
-        target = x0
+    target = prediction_target(scheduler, x0, noise, t)
     pred = decoder(x_t, t, reps, layer, uncond=uncond)
     if snr_gamma <= 0:
         return F.mse_loss(pred.float(), target.float())
     per_row = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
     return (min_snr_weight(scheduler, t, snr_gamma) * per_row).mean()
+
+
+def prediction_target(
+    scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """What the network learns to output for x_t = add_noise(x0, noise, t), all [N, 3, H, W] (t [N]):
+    the noise (epsilon), the velocity sqrt(abar) noise - sqrt(1 - abar) x0 (v), or x0 (sample)."""
+    prediction = PredictionType(scheduler.config.prediction_type)
+    if prediction is PredictionType.EPSILON:
+        return noise
+    if prediction is PredictionType.V_PREDICTION:
+        return scheduler.get_velocity(x0, noise, t)
+    return x0
 
 
 def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -19,20 +19,10 @@ from torch import Tensor
 
 from rcdm_viz.decoder.grids import fit
 from rcdm_viz.decoder.model import RCDMDecoder
+from rcdm_viz.decoder.schedule import prediction_target
 from rcdm_viz.errors import RcdmVizError
 
 DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 200), (200, 500), (500, 800), (800, 1000))
-
-
-def _target(decoder: RCDMDecoder, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """The training target of the decoder's prediction type for x_t = add_noise(x0, noise, t)."""
-    scheduler = decoder.noise_scheduler()
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return x0
 
 
 def _losses_one_layer(
@@ -47,7 +37,7 @@ def _losses_one_layer(
     out = {}
     for lo, hi in bands:
         t = torch.randint(lo, hi, (len(x0),), generator=gen)
-        x_t, target = scheduler.add_noise(x0, noise, t), _target(decoder, x0, noise, t)
+        x_t, target = scheduler.add_noise(x0, noise, t), prediction_target(scheduler, x0, noise, t)
         conditions = {"true": reps, "shuffled": reps.roll(1, dims=0), "null": None}
         out[f"{lo}-{hi}"] = {
             name: float((decoder(x_t, t, c, layer) - target).pow(2).mean()) for name, c in conditions.items()
