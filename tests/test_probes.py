@@ -139,8 +139,10 @@ def test_factor_probe_chooses_more_penalty_when_wide_features_would_overfit():
     grid = (1e-6, 1e-2, 1.0, 100.0)
     tiny = factor_probe(feats[:200], tr, feats[200:], te, ridges=[1e-6])["a"]
     chosen = select_ridge(_standardized(feats[:200]), tr, grid, holdout=0.2)["a"]
-    tuned = factor_probe(feats[:200], tr, feats[200:], te, ridges=grid)["a"]
+    recorded: dict[str, float] = {}
+    tuned = factor_probe(feats[:200], tr, feats[200:], te, ridges=grid, chosen=recorded)["a"]
     assert tiny < -1 and chosen == 1.0 and tuned > 0.7
+    assert recorded == {"a": 1.0}  # what probe_layer writes to probes.json as factor_ridge
 
 
 def test_a_unit_dead_on_the_training_split_does_not_wreck_the_probes():

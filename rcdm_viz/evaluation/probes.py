@@ -335,19 +335,23 @@ def factor_probe(
     test_t: dict[str, Tensor],
     ridges: Sequence[float],
     holdout: float = 0.2,
+    chosen: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Validation R² of a linear (ridge) regression from features to each factor's targets (GR Figure 2),
-    the penalty chosen per factor on held-out training images (``select_ridge``), then refitted on all."""
+    the penalty chosen per factor on held-out training images (``select_ridge``), then refitted on all.
+    If ``chosen`` is given, it receives the penalty of each factor (recorded beside the R² in probes.json)."""
     _check_splits(train_x, test_x, "factor probe")
     train_x, test_x = _standardize(train_x.float(), test_x.float())
-    chosen = select_ridge(train_x, train_t, ridges, holdout)
+    picked = select_ridge(train_x, train_t, ridges, holdout)
+    if chosen is not None:
+        chosen.update(picked)
     y = torch.cat(list(train_t.values()), dim=1)
     y_mean = y.mean(0)
-    penalties = sorted(set(chosen.values()))
+    penalties = sorted(set(picked.values()))
     weights = dict(zip(penalties, ridge_path(train_x, y - y_mean, penalties), strict=True))
     out = {}
     for name, c in _columns(train_t).items():
-        pred = test_x @ weights[chosen[name]][:, c] + y_mean[c]
+        pred = test_x @ weights[picked[name]][:, c] + y_mean[c]
         out[name] = r2_score(pred, test_t[name])
     return out
 
@@ -374,7 +378,10 @@ def probe_layer(
     row["sparsity"] = sparsity(val_x)
     row["rankme"] = rankme(train_x[: cfg.rankme_n])
     if train_t is not None and val_t is not None:
-        row["factor_r2"] = factor_probe(train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout)
+        row["factor_ridge"] = {}
+        row["factor_r2"] = factor_probe(
+            train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout, chosen=row["factor_ridge"]
+        )
     return row
 
 
