@@ -25,11 +25,18 @@ from rcdm_viz.errors import RcdmVizError
 DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 200), (200, 500), (500, 800), (800, 1000))
 
 
+def _mse(pred: Tensor, target: Tensor) -> float:
+    return float((pred - target).pow(2).mean())
+
+
 def _losses_one_layer(
     decoder: RCDMDecoder, images: Tensor, reps: Tensor, layer: str, bands: Sequence[tuple[int, int]],
-    seed: int,
+    seed: int, null_losses: dict[tuple[int, int, int], float],
 ) -> dict[str, dict[str, float]]:
-    """Per band, the three losses of one layer (images [N, 3, h, w] in [0, 1], reps [N, D])."""
+    """Per band, the three losses of one layer (images [N, 3, h, w] in [0, 1], reps [N, D]).
+
+    The null condition does not depend on the layer: its loss is computed once per decoder and band and kept
+    in ``null_losses`` for the other layers a shared decoder serves."""
     x0 = fit(images, decoder.config.resolution) * 2 - 1
     gen = torch.Generator().manual_seed(seed)  # the same t and noise for every layer at this resolution
     noise = torch.randn(x0.shape, generator=gen)
@@ -38,9 +45,13 @@ def _losses_one_layer(
     for lo, hi in bands:
         t = torch.randint(lo, hi, (len(x0),), generator=gen)
         x_t, target = scheduler.add_noise(x0, noise, t), prediction_target(scheduler, x0, noise, t)
-        conditions = {"true": reps, "shuffled": reps.roll(1, dims=0), "null": None}
+        key = (id(decoder), lo, hi)
+        if key not in null_losses:
+            null_losses[key] = _mse(decoder(x_t, t, None, layer), target)
         out[f"{lo}-{hi}"] = {
-            name: float((decoder(x_t, t, c, layer) - target).pow(2).mean()) for name, c in conditions.items()
+            "true": _mse(decoder(x_t, t, reps, layer), target),
+            "shuffled": _mse(decoder(x_t, t, reps.roll(1, dims=0), layer), target),
+            "null": null_losses[key],
         }
     return out
 
@@ -70,7 +81,8 @@ def conditional_losses(
         bad = [(lo, hi) for lo, hi in bands if not 0 <= lo < hi <= steps]
         if bad:
             raise RcdmVizError(f"noise bands must satisfy 0 <= lo < hi <= {steps} ({layer}), got {bad}")
-    return {layer: _losses_one_layer(decoders[layer].eval(), images, r, layer, bands, seed)
+    null_losses: dict[tuple[int, int, int], float] = {}
+    return {layer: _losses_one_layer(decoders[layer].eval(), images, r, layer, bands, seed, null_losses)
             for layer, r in reps.items()}
 
 
