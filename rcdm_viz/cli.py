@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import yaml
 
+from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.config import Config, config_from_dict, load_config
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, write_json
@@ -251,6 +252,7 @@ def _app(runs: str | None, headless: bool, port: int, address: str | None) -> No
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # heap policy for eager CPU torch (see rcdm_viz/allocator.py)
     try:
         return run_command(args)
     except RcdmVizError as exc:
