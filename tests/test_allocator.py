@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -9,17 +10,18 @@ import pytest
 
 from rcdm_viz.allocator import retain_freed_memory
 
-# Page faults of three renders of 512 scenes (two chunks of temporaries each), after one warm-up render.
+# Page faults of eight renders of 1024 scenes (four chunks of temporaries each), after two warm-up renders.
 _FAULTS = """
 import resource, sys, torch
 from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.data.synthetic import SyntheticScenes
 applied = retain_freed_memory() if sys.argv[1] == "on" else False
-scenes = SyntheticScenes(512, resolution=32, seed=0)
+scenes = SyntheticScenes(1024, resolution=32, seed=0)
 idx = torch.arange(len(scenes))
-scenes.render_batch(idx)
+for _ in range(2):
+    scenes.render_batch(idx)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+for _ in range(8):
     scenes.render_batch(idx)
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -32,13 +34,15 @@ def _faults(policy: str) -> tuple[str, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc policy")
+@pytest.mark.skipif(any(k.startswith("MALLOC_") for k in os.environ), reason="user MALLOC_* settings win")
 def test_renders_reuse_freed_memory_instead_of_faulting_in_new_pages() -> None:
     applied, faults_on = _faults("on")
     _, faults_off = _faults("off")
     assert applied == "True"
-    # Measured here: ~37,000 faults with glibc's default policy, 0-700 with ours.
-    assert faults_off > 5000, faults_off  # every multi-MB temporary is fresh pages under the default
-    assert faults_on * 10 < faults_off, (faults_on, faults_off)
+    # Measured here (8 runs each, 1 or 2 threads): 48,000-276,000 faults under glibc's default policy (it
+    # adapts its thresholds, so the count varies from run to run), 0-1,421 under ours.
+    assert faults_off > 10_000, faults_off  # multi-MB temporaries are fresh pages under the default
+    assert faults_on < 5_000, faults_on
 
 
 def test_users_own_malloc_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
