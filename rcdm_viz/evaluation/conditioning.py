@@ -29,31 +29,37 @@ def _mse(pred: Tensor, target: Tensor) -> float:
     return float((pred - target).pow(2).mean())
 
 
-def _losses_one_layer(
-    decoder: RCDMDecoder, images: Tensor, reps: Tensor, layer: str, bands: Sequence[tuple[int, int]],
-    seed: int, null_losses: dict[tuple[int, int, int], float],
-) -> dict[str, dict[str, float]]:
-    """Per band, the three losses of one layer (images [N, 3, h, w] in [0, 1], reps [N, D]).
+_Noised = dict[str, tuple[Tensor, Tensor, Tensor]]  # band "lo-hi" -> (x_t, t, target)
 
-    The null condition does not depend on the layer: its loss is computed once per decoder and band and kept
-    in ``null_losses`` for the other layers a shared decoder serves."""
+
+def _noised(decoder: RCDMDecoder, images: Tensor, bands: Sequence[tuple[int, int]], seed: int) -> _Noised:
+    """One fixed draw per image and band: x_t [N, 3, r, r], t [N] in [lo, hi), and the decoder's target.
+
+    images [N, 3, h, w] in [0, 1] are fitted to the decoder's resolution r; the seed fixes noise and t,
+    so every decoder at one resolution sees the same draw."""
     x0 = fit(images, decoder.config.resolution) * 2 - 1
-    gen = torch.Generator().manual_seed(seed)  # the same t and noise for every layer at this resolution
+    gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=gen)
     scheduler = decoder.noise_scheduler()
     out = {}
     for lo, hi in bands:
         t = torch.randint(lo, hi, (len(x0),), generator=gen)
-        x_t, target = scheduler.add_noise(x0, noise, t), prediction_target(scheduler, x0, noise, t)
-        key = (id(decoder), lo, hi)
-        if key not in null_losses:
-            null_losses[key] = _mse(decoder(x_t, t, None, layer), target)
-        out[f"{lo}-{hi}"] = {
+        out[f"{lo}-{hi}"] = scheduler.add_noise(x0, noise, t), t, prediction_target(scheduler, x0, noise, t)
+    return out
+
+
+def _layer_losses(
+    decoder: RCDMDecoder, noised: _Noised, reps: Tensor, layer: str, null: dict[str, float]
+) -> dict[str, dict[str, float]]:
+    """Per band, the true and shuffled losses of one layer (reps [N, D]) beside the decoder's null loss."""
+    return {
+        band: {
             "true": _mse(decoder(x_t, t, reps, layer), target),
             "shuffled": _mse(decoder(x_t, t, reps.roll(1, dims=0), layer), target),
-            "null": null_losses[key],
+            "null": null[band],
         }
-    return out
+        for band, (x_t, t, target) in noised.items()
+    }
 
 
 @torch.no_grad()
@@ -81,9 +87,20 @@ def conditional_losses(
         bad = [(lo, hi) for lo, hi in bands if not 0 <= lo < hi <= steps]
         if bad:
             raise RcdmVizError(f"noise bands must satisfy 0 <= lo < hi <= {steps} ({layer}), got {bad}")
-    null_losses: dict[tuple[int, int, int], float] = {}
-    return {layer: _losses_one_layer(decoders[layer].eval(), images, r, layer, bands, seed, null_losses)
-            for layer, r in reps.items()}
+    # A shared decoder serves several layers: its noised inputs and its null loss (which does not depend on
+    # the layer) are computed once.
+    per_decoder: dict[int, tuple[_Noised, dict[str, float]]] = {}
+    out = {}
+    for layer, r in reps.items():
+        decoder = decoders[layer].eval()
+        if id(decoder) not in per_decoder:
+            noised = _noised(decoder, images, bands, seed)
+            null = {band: _mse(decoder(x_t, t, None, layer), target) for band, (x_t, t, target) in
+                    noised.items()}
+            per_decoder[id(decoder)] = noised, null
+        noised, null = per_decoder[id(decoder)]
+        out[layer] = _layer_losses(decoder, noised, r, layer, null)
+    return out
 
 
 def format_losses(losses: dict[str, dict[str, dict[str, float]]]) -> str:
