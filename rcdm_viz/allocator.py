@@ -26,6 +26,11 @@ TRIM_THRESHOLD = 256 << 20  # the heap keeps up to 256 MB of free memory at its 
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 
+def user_malloc_settings() -> list[str]:
+    """glibc malloc variables set in the environment by the user (the policy then leaves malloc alone)."""
+    return [k for k in _USER_SETTINGS if k in os.environ]
+
+
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds (MMAP_THRESHOLD, TRIM_THRESHOLD) for this process.
 
@@ -33,7 +38,7 @@ def retain_freed_memory() -> bool:
     the user has set glibc's own MALLOC_*_ variables, whose choice wins. The cost is resident memory:
     up to TRIM_THRESHOLD of freed heap stays mapped.
     """
-    if not sys.platform.startswith("linux") or any(k in os.environ for k in _USER_SETTINGS):
+    if not sys.platform.startswith("linux") or user_malloc_settings():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
