@@ -132,6 +132,8 @@ class ViewsConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range in pixels
     blur_reference_side: int | None = None  # if set, blur_sigma is meant at this side and scales with it
     solarize_p: tuple[float, float] = (0.0, 0.2)  # solarize probability, view 1 and view 2
+    # synthetic scenes: factors the second view re-renders with fresh values (docs/DESIGN.md "Factor views")
+    redraw_factors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str) -> None:

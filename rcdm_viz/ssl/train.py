@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, EncoderConfig, SSLConfig
+from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder, build_encoder
@@ -220,6 +221,7 @@ def build_ssl_step(
 
 def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool = True) -> Encoder:
     """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` and metrics; returns the encoder (eval)."""
+    redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
     accelerator = make_accelerator(cfg.ssl.precision)
     method = get_method(cfg.ssl.method)
     train = load_images(cfg.data, "train", progress=progress and accelerator.is_main_process)
@@ -232,6 +234,7 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
         cfg, accelerator, train.num_classes, steps, len(train) // cfg.ssl.batch_size
     )
     pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder, accelerator.device)
+    factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root = run.checkpoints("encoder")
     start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
     log = MetricsLog(run.encoder_metrics, enabled=accelerator.is_main_process)
@@ -239,7 +242,7 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
         record_config(run, cfg, ALL_SECTIONS)
         log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
-    _loop(step_fn, train, pairing, start, steps, ckpt_root, log, progress)
+    _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress)
     encoder.eval()
     if accelerator.is_main_process:
         encoder.save(run.encoder)
@@ -251,6 +254,7 @@ def _loop(
     step_fn: SSLStep,
     train: ImageSet,
     pairing: PairFn,
+    factor_views: FactorViews | None,
     start: int,
     steps: int,
     ckpt_root: Path,
@@ -266,6 +270,9 @@ def _loop(
         partner_idx = pairing(global_idx, step)  # on the global batch: the same for any number of ranks
         idx = shard(global_idx, acc)
         partners = None if partner_idx is global_idx else train.batch(shard(partner_idx, acc))
+        if factor_views is not None:  # values drawn for the global batch, then sharded like it
+            values = draw_factors(factor_views.names, len(global_idx), ssl.seed, step)
+            partners = factor_views.render(shard(partner_idx, acc), shard(values, acc))
         logs = step_fn(train.batch(idx), step, train.labels[idx].long(), partners)
         seen += ssl.batch_size
         if not math.isfinite(logs["loss"]):
