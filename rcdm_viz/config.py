@@ -249,6 +249,9 @@ class DecoderConfig:
     prediction_type: PredictionType = PredictionType.EPSILON  # what the UNet predicts (RCDM: epsilon)
     p_uncond: float = 0.1  # probability of the null embedding (classifier-free guidance)
     snr_gamma: float = 0.0  # Min-SNR-gamma loss weighting (Hang et al. 2023 use 5); 0 = RCDM's plain MSE
+    # b >= 0: training timesteps drawn with density ~ (t / T)^b, toward the noise levels where the condition
+    # decides the image (docs/RESULTS.md "Decoder fidelity"); 0 = uniform, as RCDM
+    timestep_bias: float = 0.0
     batch_size: int = 64  # images per step
     steps: int = 100_000  # optimisation steps
     lr: float = 1e-4  # AdamW learning rate

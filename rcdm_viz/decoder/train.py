@@ -160,7 +160,7 @@ class DecoderStep:
                 with acc.autocast():
                     loss = diffusion_loss(
                         self.model, x0[rows], reps[rows], part, self.noise_scheduler, gen,
-                        self.cfg.p_uncond, self.cfg.snr_gamma,
+                        self.cfg.p_uncond, self.cfg.snr_gamma, self.cfg.timestep_bias,
                     )
                 acc.backward(loss / k)
             total += float(loss.detach()) / k
@@ -196,6 +196,8 @@ def make_decoder_step(
 
 
 def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
+    if dec.timestep_bias < 0:
+        raise RcdmVizError(f"decoder.timestep_bias must be >= 0 (0 = uniform), got {dec.timestep_bias}")
     if dec.snr_gamma < 0:
         raise RcdmVizError(f"decoder.snr_gamma must be >= 0 (0 = unweighted loss), got {dec.snr_gamma}")
     if dec.batch_size < 1 or dec.steps < 1:

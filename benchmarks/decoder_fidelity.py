@@ -1,0 +1,112 @@
+"""Does the decoder render what its representation holds? RCDM's recipe vs rcdm-viz's, same wall time.
+
+Both decoders train in this process, for the same wall-clock budget, on the same cached trunk features of
+one briefly trained SSL encoder (32-px synthetic scenes, the quickstart's encoder shape). Then both sample
+the same held-out scenes (DDIM, same seeds) and a factor oracle reads the samples: factor retention
+(docs/DESIGN.md "Invariance scores": 1 = the sample shows the input's factor value, 0 = no closer than
+another scene) per factor, at the trunk.
+
+- RCDM's recipe, as far as this small UNet allows: epsilon prediction, plain MSE, AdamW lr 1e-4 without
+  warm-up, uniform timesteps, EMA 0.9999, plain conditional sampling (guidance 1).
+- rcdm-viz's recipe: the ``decoder`` and ``sample`` sections of ``configs/quickstart.yaml``.
+
+Ends with ``ratio: X`` = mean retention of ours / mean retention of RCDM's (goal X >= 1.5).
+
+    python benchmarks/decoder_fidelity.py [--quick] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from rcdm_viz.config import Config, load_config
+from rcdm_viz.data.sources import load_images
+from rcdm_viz.decoder.grids import sample_layers
+from rcdm_viz.decoder.model import RCDMDecoder
+from rcdm_viz.decoder.train import make_decoder_step, training_batch, training_data
+from rcdm_viz.encoders import Encoder
+from rcdm_viz.evaluation.scores import build_gallery, score_image
+from rcdm_viz.runs import RunDir
+from rcdm_viz.ssl.train import train_encoder
+
+LAYER = "trunk"
+RCDM = [  # RCDM / ADM's training choices on the same UNet
+    "decoder.prediction_type=epsilon",
+    "decoder.snr_gamma=0",
+    "decoder.lr=1e-4",
+    "decoder.warmup_steps=0",
+    "decoder.ema_decay=0.9999",
+    "decoder.timestep_bias=0",
+    "sample.guidance=1",
+]
+
+
+def configs(quick: bool) -> tuple[Config, Config]:
+    """(RCDM's, ours): the quickstart preset, smaller data for --quick, then each recipe's differences."""
+    size = ["data.n_train=1024", "data.n_val=256", "ssl.epochs=2"] if quick else ["ssl.epochs=4"]
+    common = [*size, "scores.oracle_steps=300" if quick else "scores.oracle_steps=1500", "sample.steps=20"]
+    ours = load_config("quickstart", common)
+    return load_config("quickstart", [*common, *RCDM]), ours
+
+
+def train_for(cfg: Config, run: RunDir, encoder: Encoder, seconds: float) -> tuple[RCDMDecoder, int]:
+    """Train the trunk decoder of ``cfg`` for ``seconds`` of wall time; returns (EMA decoder, steps)."""
+    from rcdm_viz.training import make_accelerator
+
+    images, feats = training_data(cfg, encoder, [LAYER], run, progress=False)
+    step_fn = make_decoder_step(
+        cfg.decoder, {LAYER: feats[LAYER].shape[1]}, encoder.fingerprint(), make_accelerator("fp32")
+    )
+    start, step = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        x0, reps, _ = training_batch(step_fn, images, feats, step)
+        step_fn(x0, reps, step)
+        step += 1
+    return step_fn.ema_decoder(), step
+
+
+def retention(cfg: Config, run: RunDir, encoder: Encoder, decoder: RCDMDecoder, n_scenes: int) -> dict:
+    """Mean factor retention of the decoder's samples of ``n_scenes`` held-out scenes, per factor."""
+    gallery = build_gallery(cfg, run, encoder, [LAYER], cfg.decoder.resolution)
+    val = load_images(cfg.data, "val", n=n_scenes, resolution=cfg.decoder.resolution, progress=False)
+    total: dict[str, float] = {}
+    for i in range(n_scenes):
+        image = val.batch(torch.tensor([i]))[0]
+        rows = sample_layers(encoder, {LAYER: decoder}, image, cfg.sample)
+        for name, value in score_image(encoder, image, rows, gallery, cfg.scores.distance)["layers"][LAYER][
+            "factor_retention"
+        ].items():
+            total[name] = total.get(name, 0.0) + value / n_scenes
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small data, 12 s of training each (< 1 minute)")
+    parser.add_argument("--seconds", type=float, default=None, help="training wall time of each decoder")
+    args = parser.parse_args()
+    seconds = args.seconds or (12.0 if args.quick else 150.0)
+    n_scenes, n = (4, 2) if args.quick else (16, 4)
+    rcdm_cfg, ours_cfg = configs(args.quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir(Path(tmp) / "run")
+        encoder = train_encoder(ours_cfg, run, progress=False)
+        results = {}
+        for name, cfg in (("rcdm", rcdm_cfg), ("ours", ours_cfg)):
+            cfg = load_config(None, [f"sample.n={n}"], base=cfg)
+            decoder, steps = train_for(cfg, run, encoder, seconds)
+            results[name] = retention(cfg, run, encoder, decoder, n_scenes)
+            mean = sum(results[name].values()) / len(results[name])
+            print(f"{name:<5} {steps:5d} steps in {seconds:.0f} s; trunk factor retention mean {mean:.3f}: "
+                  + " ".join(f"{k} {v:.2f}" for k, v in results[name].items()))
+    means = {k: sum(v.values()) / len(v) for k, v in results.items()}
+    print(f"ratio: {means['ours'] / max(means['rcdm'], 1e-3):.2f}")
+
+
+if __name__ == "__main__":
+    main()
