@@ -398,7 +398,7 @@ def compose_grid(view: SampleView, layers: Sequence[str], notes: dict[str, str] 
     import torch
     from torchvision.transforms.functional import pil_to_tensor
 
-    from rcdm_viz.decoder.sampling import sample_grid
+    from rcdm_viz.decoder.grids import sample_grid
 
     if view.input is None:
         raise RcdmVizError(f"sample '{view.image_id}' has no readable input.png")
@@ -512,13 +512,13 @@ def scene_png(summary: RunSummary, index: int) -> bytes:
 
 
 def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]]:
-    """The run's encoder and a decoder for each of ``layers`` (grids.load_decoders picks per-layer or
+    """The run's encoder and a decoder for each of ``layers`` (sample_run.load_decoders picks per-layer or
     shared); a run without an encoder or a layer without a decoder is a one-line error."""
-    from rcdm_viz.decoder.grids import load_decoders, resolve_layers
     from rcdm_viz.encoders import load_encoder
+    from rcdm_viz.sample_run import load_decoders
 
     encoder = load_encoder(run.require_encoder())
-    return encoder, load_decoders(run, resolve_layers(list(layers), encoder), encoder)
+    return encoder, load_decoders(run, encoder.select_layers(list(layers)), encoder)
 
 
 def sample_live(
@@ -528,9 +528,9 @@ def sample_live(
     cfg: SampleConfig,
     on_layer: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """``grids.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each, so
-    the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
-    from rcdm_viz.decoder.grids import sample_layers
+    """``sample_run.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each,
+    so the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
+    from rcdm_viz.sample_run import sample_layers
 
     rows = {}
     for i, (layer, decoder) in enumerate(decoders.items()):
@@ -542,8 +542,7 @@ def sample_live(
 
 def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None = None) -> bytes:
     """PNG of the layer grid of freshly drawn samples (the input fitted to the samples' resolution)."""
-    from rcdm_viz.decoder.grids import fit, png_bytes
-    from rcdm_viz.decoder.sampling import sample_grid
+    from rcdm_viz.decoder.grids import fit, png_bytes, sample_grid
 
     res = next(iter(rows.values())).shape[-1]
     return png_bytes(sample_grid(fit(image, res), rows, notes=notes, scale=max(1, 128 // res)))
@@ -564,9 +563,9 @@ def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
 
 
 def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-    """Grid row notes (``grids.layer_notes``: probe accuracy, and representation consistency from one
+    """Grid row notes (``sample_run.layer_notes``: probe accuracy, and representation consistency from one
     image's per-layer ``scores`` or else the run's mean); {} when those files are unreadable."""
-    from rcdm_viz.decoder.grids import layer_notes
+    from rcdm_viz.sample_run import layer_notes
 
     try:
         return layer_notes(run, None if scores is None else {"layers": scores})

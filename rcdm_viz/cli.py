@@ -12,7 +12,7 @@ import yaml
 from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.config import Config, config_from_dict, load_config
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir, write_json
+from rcdm_viz.runs import RunDir
 
 
 def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
@@ -150,7 +150,10 @@ def run_command(args: argparse.Namespace) -> int:
         train_decoder(cfg, run, args.layer, resume=args.resume, progress=progress)
         print(f"decoder saved to {run.decoder(args.layer)}")
     elif args.command == "sample":
-        _sample(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+        from rcdm_viz.sample_run import sample_images
+
+        grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+        print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)
     return 0
@@ -168,58 +171,6 @@ def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
             raise RcdmVizError(f"run directory '{path}' does not exist")
     result = compare_runs([RunDir(Path(p)) for p in runs], Path(out))
     print(f"report across {len(runs)} runs written to {out} ({', '.join(result['plots'].values())})")
-
-
-def _sample(
-    cfg: Config,
-    run: RunDir,
-    images: list[str],
-    layers: str,
-    progress: bool,
-    interpolate: int | None = None,
-    scores: bool = False,
-) -> None:
-    from rcdm_viz.decoder.grids import (
-        image_id,
-        interpolate_layers,
-        layer_notes,
-        load_decoders,
-        read_image,
-        resolve_layers,
-        sample_layers,
-        write_interpolation_dir,
-        write_sample_dir,
-    )
-    from rcdm_viz.encoders import load_encoder
-
-    if interpolate is not None and len(images) != 2:
-        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(images)}")
-
-    inputs = [(path, read_image(path)) for path in images]  # all unreadable files fail before sampling
-    encoder = load_encoder(run.require_encoder())
-    decoders = load_decoders(run, resolve_layers(layers, encoder), encoder)
-    if interpolate is not None:
-        (path_a, a), (path_b, b) = inputs
-        rows = interpolate_layers(encoder, decoders, a, b, interpolate, cfg.sample, progress=progress)
-        out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
-        print(write_interpolation_dir(out, a, b, rows, cfg.sample))
-        return
-    gallery = None
-    if scores:
-        from rcdm_viz.evaluation.scores import build_gallery
-
-        side = next(iter(decoders.values())).config.resolution
-        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
-    for path, image in inputs:
-        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        result = None
-        if gallery is not None:
-            from rcdm_viz.evaluation.scores import score_image
-
-            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-            write_json(run.samples(image_id(path)) / "scores.json", result)
-        notes = layer_notes(run, result)
-        print(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
 
 
 def _app(runs: str | None, headless: bool, port: int, address: str | None) -> NoReturn:

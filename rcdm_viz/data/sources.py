@@ -34,6 +34,7 @@ class ImageSet:
     factors: dict[str, Tensor] | None = None
     num_classes: int = 0
     class_names: tuple[str, ...] = ()  # folder/cache class names, by label
+    key: str = ""  # identity of the set (``images_key``), set by ``load_images``; keys feature caches
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -48,10 +49,21 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def images_key(data: DataConfig, split: str, n: int, resolution: int) -> str:
+    """Identity of an image set (source, root, seed, split, size, resolution), for the feature cache."""
+    return f"{data.source.value}:root={data.root}:seed={data.seed}:split={split}:n={n}:res={resolution}"
+
+
 def load_images(
     data: DataConfig, split: str, n: int | None = None, resolution: int | None = None, progress: bool = True
 ) -> ImageSet:
     """Load ``n`` images of ``split`` at ``resolution`` (defaults: the config's) as an ImageSet."""
+    images = _load(data, split, n, resolution, progress)
+    images.key = images_key(data, split, len(images), resolution or data.resolution)
+    return images
+
+
+def _load(data: DataConfig, split: str, n: int | None, resolution: int | None, progress: bool) -> ImageSet:
     if split not in SPLITS:
         raise RcdmVizError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     n = (data.n_train if split == "train" else data.n_val) if n is None else n
