@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -106,18 +108,22 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Dispatch one parsed command; returns the exit code."""
+    """Dispatch one parsed command; returns the exit code.
+
+    Each command imports its modules when it runs (``# deferred: start-up cost``): `--help`, argument
+    errors and `app` answer without loading torch, diffusers and matplotlib.
+    """
     if args.command == "app":
         return _app(args.runs, args.headless, args.port, args.address)
     if args.command == "cache":
-        from rcdm_viz.data.cache import write_cache
+        from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
 
         meta = write_cache(args.data, args.resolution, args.out, args.workers, progress=not args.no_progress)
         counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
         print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
         return 0
     if args.command == "encoders":
-        from rcdm_viz.encoders.zoo import registry_table
+        from rcdm_viz.encoders.zoo import registry_table  # deferred: start-up cost
 
         print(registry_table())
         return 0
@@ -127,30 +133,30 @@ def run_command(args: argparse.Namespace) -> int:
         args.overrides = _sample_overrides(args) + args.overrides
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
     if getattr(args, "encoder", None) or getattr(args, "weights", None):
-        from rcdm_viz.encoders.zoo import import_public_encoder
+        from rcdm_viz.encoders.zoo import import_public_encoder  # deferred: start-up cost
 
         import_public_encoder(run, args.encoder, args.weights)
     if args.command == "quickstart":
-        from rcdm_viz.quickstart import quickstart
+        from rcdm_viz.quickstart import quickstart  # deferred: start-up cost
 
         quickstart(cfg, run, progress=progress)
     elif args.command == "train-encoder":
-        from rcdm_viz.ssl.train import train_encoder
+        from rcdm_viz.ssl.train import train_encoder  # deferred: start-up cost
 
         train_encoder(cfg, run, resume=args.resume, progress=progress)
         print(f"encoder saved to {run.encoder}")
     elif args.command == "probe":
-        from rcdm_viz.evaluation.probes import format_table, probe_run
+        from rcdm_viz.evaluation.probes import format_table, probe_run  # deferred: start-up cost
 
         result = probe_run(cfg, run, progress=progress, layers=args.layers)
         print(format_table(result["layers"], result["chance"]))
     elif args.command == "train-decoder":
-        from rcdm_viz.decoder.train import train_decoder
+        from rcdm_viz.decoder.train import train_decoder  # deferred: start-up cost
 
         train_decoder(cfg, run, args.layer, resume=args.resume, progress=progress)
         print(f"decoder saved to {run.decoder(args.layer)}")
     elif args.command == "sample":
-        from rcdm_viz.sample_run import sample_images
+        from rcdm_viz.sample_run import sample_images  # deferred: start-up cost
 
         grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
         print("\n".join(map(str, grids)))
@@ -160,7 +166,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
-    from rcdm_viz.evaluation.report import compare_runs, report_run
+    from rcdm_viz.evaluation.report import compare_runs, report_run  # deferred: start-up cost
 
     if not runs:
         summary = report_run(run)
@@ -175,10 +181,7 @@ def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
 
 def _app(runs: str | None, headless: bool, port: int, address: str | None) -> NoReturn:
     """Become ``streamlit run app/streamlit_app.py`` with the runs root in $RCDM_VIZ_RUNS."""
-    import importlib.util
-    import os
-
-    from rcdm_viz.browse import RUNS_ENV, runs_root
+    from rcdm_viz.browse import RUNS_ENV, runs_root  # deferred: start-up cost
 
     root = runs_root(runs)
     if not root.is_dir():

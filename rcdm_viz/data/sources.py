@@ -16,8 +16,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import DataConfig, DataSource
+from rcdm_viz.data.cache import open_cache
+from rcdm_viz.data.folder import index_folder, load_folder, split_dir
+from rcdm_viz.data.synthetic import SyntheticScenes
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.training import derive_seed
+from rcdm_viz.seeding import derive_seed
 
 SPLITS = ("train", "val", "test")
 
@@ -105,8 +108,6 @@ def resize_uint8(images: Tensor, resolution: int, chunk: int = 1024) -> Tensor:
 
 
 def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: bool) -> ImageSet:
-    from rcdm_viz.data.folder import index_folder, load_folder, split_dir
-
     index = index_folder(split_dir(data.root, split))
     chosen = subset(len(index.files), n, data.seed, split)
     keep = range(len(index.files)) if chosen is None else chosen.tolist()
@@ -117,8 +118,6 @@ def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: boo
 
 
 def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
-    from rcdm_viz.data.cache import open_cache
-
     images, labels, classes = open_cache(data.root, split)
     chosen = subset(len(images), n, data.seed, split)
     if chosen is not None:
@@ -127,8 +126,6 @@ def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
 
 
 def _synthetic(seed: int, split: str, n: int, resolution: int, progress: bool, chunk: int = 1024) -> ImageSet:
-    from rcdm_viz.data.synthetic import SyntheticScenes
-
     scenes = SyntheticScenes(n, resolution=resolution, seed=seed, split=split)
     images = torch.empty((n, 3, resolution, resolution), dtype=torch.uint8)
     bar = tqdm(total=n, desc=f"render {split} {resolution}px", disable=not progress, leave=False)

@@ -11,7 +11,6 @@ compares like with like.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Mapping
 from enum import Enum
 
@@ -25,6 +24,7 @@ from rcdm_viz.config import SamplerName as Sampler
 from rcdm_viz.decoder.grids import interpolation_grid, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.seeding import sample_seed
 
 # The grid drawing lives in rcdm_viz.decoder.grids; re-exported here, where the public API names it.
 __all__ = [
@@ -84,12 +84,6 @@ def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> Sch
     if factory is None:
         raise RcdmVizError(f"sampler '{kind.value}' has no scheduler factory in SAMPLERS")
     return factory(dict(train_scheduler_config))
-
-
-def sample_seed(seed: int, j: int) -> int:
-    """The 63-bit seed of sample ``j`` under the user's ``seed`` (a hash, so nearby seeds do not overlap)."""
-    digest = hashlib.blake2b(f"rcdm-viz:{int(seed)}:{int(j)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _generators(seed: int, js: list[int]) -> list[torch.Generator]:

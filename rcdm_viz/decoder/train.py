@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, DecoderConfig
 from rcdm_viz.data.sources import ImageSet, load_images
-from rcdm_viz.decoder.grids import png_bytes
+from rcdm_viz.decoder.grids import png_bytes, sample_grid
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.decoder.schedule import diffusion_loss
@@ -35,9 +35,9 @@ from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
 from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write_bytes, record_config
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.training import (
     batch_indices,
-    generator_for,
     load_latest_checkpoint,
     make_accelerator,
     save_checkpoint,
@@ -233,8 +233,6 @@ def progress_writer(
     """A function ``step -> path`` writing ``out_dir/step-XXXXXXX.png``: for each of the first
     ``decoder.progress_images`` validation images, one grid row per layer (input, then 4 samples drawn
     with the EMA weights, DDIM, fixed seeds), so successive files show the same inputs and noise."""
-    from rcdm_viz.decoder.sampling import sample_grid
-
     dec = cfg.decoder
     images = load_images(cfg.data, "val", n=dec.progress_images, resolution=dec.resolution, progress=False)
     enc_images = _encoder_view(cfg, encoder, "val", dec.progress_images, images)

@@ -16,8 +16,8 @@ from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import encode_batches
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.methods import Pairing
-from rcdm_viz.training import generator_for
 
 PairFn = Callable[[Tensor, int], Tensor]
 
