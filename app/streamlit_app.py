@@ -24,7 +24,8 @@ from rcdm_viz.config import SamplerName
 from rcdm_viz.errors import RcdmVizError
 
 VIEWS = ("Run", "Grids", "Layers", "Compare", "Live sample")
-EARLY_LAYERS = ("stage1", "stage2", "stage3")  # probed layers before the trunk (DESIGN.md, "Layers")
+# Probed layers before the trunk (docs/DESIGN.md, "Definitions").
+EARLY_LAYERS = ("stage1", "stage2", "stage3")
 GRID_CAPTION = "rows = layers, column 0 = the input"
 LIVE_CACHE_ENTRIES = 64  # live grids kept in memory (one PNG each)
 MODEL_CACHE_ENTRIES = 2  # runs whose models stay loaded (two, to compare runs): full-size decoders are big

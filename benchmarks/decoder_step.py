@@ -27,8 +27,9 @@ from rcdm_viz.config import DecoderConfig, PredictionType, load_config
 from rcdm_viz.decoder.schedule import diffusion_loss
 from rcdm_viz.decoder.train import build_decoder, make_decoder_step
 from rcdm_viz.encoders import Encoder
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.train import encoder_from_config
-from rcdm_viz.training import generator_for, make_accelerator
+from rcdm_viz.training import make_accelerator
 
 LAYER = "trunk"
 

@@ -17,7 +17,7 @@ import torch
 
 from rcdm_viz.config import load_config
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.evaluation.probes import extract_features
+from rcdm_viz.features import extract_features
 from rcdm_viz.ssl.train import encoder_from_config
 
 

@@ -2,9 +2,10 @@
 
 Builds a tiny setup inside the script (a freshly initialised small encoder, a small decoder briefly trained
 on its cached features of synthetic scenes), samples the same grid (held-out images x samples, same seeds)
-with both samplers, and prints each one's wall time and representation consistency (DESIGN.md: the
-normalized cosine between h(sample) and h(x), 0 = no closer than another image, 1 = identical). Ends with
-``ratio: X`` = time(ddpm 100) / time(dpm++ 25) (goal X >= 4 with consistency within 0.02).
+with both samplers, and prints each one's wall time and representation consistency
+(docs/DESIGN.md, "Invariance scores": the normalized cosine between h(sample) and h(x), 0 = no closer
+than another image, 1 = identical). Ends with ``ratio: X`` = time(ddpm 100) / time(dpm++ 25) (goal X >= 4
+with consistency within 0.02).
 
     python benchmarks/sampling.py [--quick] [--prediction v_prediction|epsilon]
 
@@ -27,7 +28,7 @@ from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.decoder.train import DecoderStep, make_decoder_step, training_batch
 from rcdm_viz.encoders import Encoder
-from rcdm_viz.evaluation.probes import extract_features
+from rcdm_viz.features import extract_features
 from rcdm_viz.ssl.train import encoder_from_config
 from rcdm_viz.training import make_accelerator
 

@@ -3,8 +3,8 @@
 Both train in this process on the same cached features of a tiny freshly initialised encoder (the setup of
 ``benchmarks/sampling.py``), the same number of steps each (batch mixes layers for the shared one). Then
 both sample the same held-out grid per layer (DDIM, same seeds) and the representation consistency
-(DESIGN.md) of each layer is printed for both. Ends with ``ratio: X`` = shared time / separate time
-(goal X <= 0.4).
+(docs/DESIGN.md, "Invariance scores") of each layer is printed for both. Ends with ``ratio: X`` =
+shared time / separate time (goal X <= 0.4).
 
     python benchmarks/shared_decoder.py [--quick]
 """

@@ -26,9 +26,10 @@ from lightly.loss import NTXentLoss
 
 from rcdm_viz.config import Config, load_config
 from rcdm_viz.data.views import two_views
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.train import build_ssl_step
-from rcdm_viz.training import generator_for, make_accelerator
+from rcdm_viz.training import make_accelerator
 
 
 def _config(preset: str, bf16: bool, probes: bool, batch: int | None) -> Config:

@@ -3,10 +3,8 @@
 Eager torch ops on CPU allocate every result with malloc. glibc serves blocks above a threshold with
 mmap and trims the top of the heap after frees, so a multi-megabyte temporary is, each time, fresh
 pages that the kernel has to map and zero (one minor page fault per 4 KB page). The synthetic renderer
-makes thousands of such temporaries per batch: on the 2-core machine of benchmarks/RESULTS.md this
-policy took its rate at 32 px from ~5,000 to ~7,000 images/s (350,000 -> 1,000 page faults per 12,288
-images); the encoder's training rate did not change. It is the same fix PyTorch's CPU performance
-guide gets from jemalloc or tcmalloc, without a preloaded library.
+makes thousands of such temporaries per batch (measured gain: docs/RESULTS.md, "The heap policy"). It is
+the same fix PyTorch's CPU performance guide gets from jemalloc or tcmalloc, without a preloaded library.
 
 Process-wide, so it is applied by the command-line entry point (an application's choice), not on import.
 """

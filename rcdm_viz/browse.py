@@ -186,7 +186,7 @@ class RunSummary:
 
 def encoder_layers(encoder_config: dict[str, Any]) -> dict[str, int]:
     """Layer -> dimension of an encoder from its bundle's config.json (trunk, head1..headK), no weights."""
-    from rcdm_viz.encoders import parse_head
+    from rcdm_viz.encoders import parse_head  # deferred: run views load without torch
 
     dims = {"trunk": int(encoder_config["width"])}
     for i, dim in enumerate(parse_head(str(encoder_config["head"])).dims):
@@ -395,10 +395,10 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
 def compose_grid(view: SampleView, layers: Sequence[str], notes: dict[str, str] | None = None) -> Image.Image:
     """The layer grid of ``view`` restricted to ``layers`` (rows = layers, column 0 = the input), drawn by
     ``sample_grid`` like the stored grid.png; needs the stored input and strips."""
-    import torch
-    from torchvision.transforms.functional import pil_to_tensor
+    import torch  # deferred: run views load without torch
+    from torchvision.transforms.functional import pil_to_tensor  # deferred: run views load without torch
 
-    from rcdm_viz.decoder.sampling import sample_grid
+    from rcdm_viz.decoder.grids import sample_grid  # deferred: run views load without torch
 
     if view.input is None:
         raise RcdmVizError(f"sample '{view.image_id}' has no readable input.png")
@@ -419,7 +419,7 @@ def compose_grid(view: SampleView, layers: Sequence[str], notes: dict[str, str] 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
     """A per-layer row flattened as layers.csv is (``evaluation.report.flat_rows``: ``group/name``)."""
-    from rcdm_viz.evaluation.report import flat_rows
+    from rcdm_viz.evaluation.report import flat_rows  # deferred: run views load without torch
 
     flat = flat_rows({"layers": {"": row}})[0]
     flat.pop("layer")
@@ -430,7 +430,7 @@ def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, 
     """One row per layer: report/layers.json, or without it the same table gathered now from
     encoder/probes.json and samples/*/scores.json (``evaluation.report.gather_run``); and notes saying
     which sources are missing or unreadable."""
-    from rcdm_viz.evaluation.report import gather_run
+    from rcdm_viz.evaluation.report import gather_run  # deferred: run views load without torch
 
     notes: list[str] = []
     if not run.probes.is_file():
@@ -477,7 +477,7 @@ def model_fingerprint(run: RunDir) -> str:
 
 def decode_image(data: bytes, name: str = "upload") -> Any:
     """Image bytes (PNG, JPEG, ...) -> float tensor [3,H,W] in [0,1], or a one-line error naming ``name``."""
-    from torchvision.transforms.functional import pil_to_tensor
+    from torchvision.transforms.functional import pil_to_tensor  # deferred: run views load without torch
 
     if not data:
         raise RcdmVizError(f"'{name}' is empty")
@@ -490,7 +490,7 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
 
 def synthetic_scene(cfg: Config, index: int, resolution: int) -> Any:
     """Test-split scene ``index`` of the run's synthetic data (its data.seed), [3,r,r] in [0,1]."""
-    from rcdm_viz.data.synthetic import SyntheticScenes
+    from rcdm_viz.data.synthetic import SyntheticScenes  # deferred: run views load without torch
 
     if index < 0:
         raise RcdmVizError(f"scene index must be >= 0, got {index}")
@@ -501,9 +501,9 @@ def synthetic_scene(cfg: Config, index: int, resolution: int) -> Any:
 def scene_png(summary: RunSummary, index: int) -> bytes:
     """PNG bytes of test scene ``index`` of the run's synthetic data, rendered at the larger of the decoder's
     and the encoder's resolution (as quickstart's held-out grids)."""
-    from torchvision.transforms.functional import to_pil_image
+    from torchvision.transforms.functional import to_pil_image  # deferred: run views load without torch
 
-    from rcdm_viz.decoder.grids import png_bytes
+    from rcdm_viz.decoder.grids import png_bytes  # deferred: run views load without torch
 
     cfg = run_config(summary)
     encoder_res = int((summary.encoder or {}).get("resolution", cfg.data.resolution))
@@ -512,13 +512,13 @@ def scene_png(summary: RunSummary, index: int) -> bytes:
 
 
 def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]]:
-    """The run's encoder and a decoder for each of ``layers`` (grids.load_decoders picks per-layer or
+    """The run's encoder and a decoder for each of ``layers`` (sample_run.load_decoders picks per-layer or
     shared); a run without an encoder or a layer without a decoder is a one-line error."""
-    from rcdm_viz.decoder.grids import load_decoders, resolve_layers
-    from rcdm_viz.encoders import load_encoder
+    from rcdm_viz.encoders import load_encoder  # deferred: run views load without torch
+    from rcdm_viz.sample_run import load_decoders  # deferred: run views load without torch
 
     encoder = load_encoder(run.require_encoder())
-    return encoder, load_decoders(run, resolve_layers(list(layers), encoder), encoder)
+    return encoder, load_decoders(run, encoder.select_layers(list(layers)), encoder)
 
 
 def sample_live(
@@ -528,9 +528,9 @@ def sample_live(
     cfg: SampleConfig,
     on_layer: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """``grids.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each, so
-    the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
-    from rcdm_viz.decoder.grids import sample_layers
+    """``sample_run.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each,
+    so the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
+    from rcdm_viz.sample_run import sample_layers  # deferred: run views load without torch
 
     rows = {}
     for i, (layer, decoder) in enumerate(decoders.items()):
@@ -542,8 +542,7 @@ def sample_live(
 
 def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None = None) -> bytes:
     """PNG of the layer grid of freshly drawn samples (the input fitted to the samples' resolution)."""
-    from rcdm_viz.decoder.grids import fit, png_bytes
-    from rcdm_viz.decoder.sampling import sample_grid
+    from rcdm_viz.decoder.grids import fit, png_bytes, sample_grid  # deferred: run views load without torch
 
     res = next(iter(rows.values())).shape[-1]
     return png_bytes(sample_grid(fit(image, res), rows, notes=notes, scale=max(1, 128 // res)))
@@ -564,9 +563,9 @@ def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
 
 
 def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-    """Grid row notes (``grids.layer_notes``: probe accuracy, and representation consistency from one
+    """Grid row notes (``sample_run.layer_notes``: probe accuracy, and representation consistency from one
     image's per-layer ``scores`` or else the run's mean); {} when those files are unreadable."""
-    from rcdm_viz.decoder.grids import layer_notes
+    from rcdm_viz.sample_run import layer_notes  # deferred: run views load without torch
 
     try:
         return layer_notes(run, None if scores is None else {"layers": scores})

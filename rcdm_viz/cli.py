@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -12,7 +14,7 @@ import yaml
 from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.config import Config, config_from_dict, load_config
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir, write_json
+from rcdm_viz.runs import RunDir
 
 
 def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
@@ -106,18 +108,22 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Dispatch one parsed command; returns the exit code."""
+    """Dispatch one parsed command; returns the exit code.
+
+    Each command imports its modules when it runs (``# deferred: start-up cost``): `--help`, argument
+    errors and `app` answer without loading torch, diffusers and matplotlib.
+    """
     if args.command == "app":
         return _app(args.runs, args.headless, args.port, args.address)
     if args.command == "cache":
-        from rcdm_viz.data.cache import write_cache
+        from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
 
         meta = write_cache(args.data, args.resolution, args.out, args.workers, progress=not args.no_progress)
         counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
         print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
         return 0
     if args.command == "encoders":
-        from rcdm_viz.encoders.zoo import registry_table
+        from rcdm_viz.encoders.zoo import registry_table  # deferred: start-up cost
 
         print(registry_table())
         return 0
@@ -127,37 +133,40 @@ def run_command(args: argparse.Namespace) -> int:
         args.overrides = _sample_overrides(args) + args.overrides
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
     if getattr(args, "encoder", None) or getattr(args, "weights", None):
-        from rcdm_viz.encoders.zoo import import_public_encoder
+        from rcdm_viz.encoders.zoo import import_public_encoder  # deferred: start-up cost
 
         import_public_encoder(run, args.encoder, args.weights)
     if args.command == "quickstart":
-        from rcdm_viz.quickstart import quickstart
+        from rcdm_viz.quickstart import quickstart  # deferred: start-up cost
 
         quickstart(cfg, run, progress=progress)
     elif args.command == "train-encoder":
-        from rcdm_viz.ssl.train import train_encoder
+        from rcdm_viz.ssl.train import train_encoder  # deferred: start-up cost
 
         train_encoder(cfg, run, resume=args.resume, progress=progress)
         print(f"encoder saved to {run.encoder}")
     elif args.command == "probe":
-        from rcdm_viz.evaluation.probes import format_table, probe_run
+        from rcdm_viz.evaluation.probes import format_table, probe_run  # deferred: start-up cost
 
         result = probe_run(cfg, run, progress=progress, layers=args.layers)
         print(format_table(result["layers"], result["chance"]))
     elif args.command == "train-decoder":
-        from rcdm_viz.decoder.train import train_decoder
+        from rcdm_viz.decoder.train import train_decoder  # deferred: start-up cost
 
         train_decoder(cfg, run, args.layer, resume=args.resume, progress=progress)
         print(f"decoder saved to {run.decoder(args.layer)}")
     elif args.command == "sample":
-        _sample(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+        from rcdm_viz.sample_run import sample_images  # deferred: start-up cost
+
+        grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+        print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)
     return 0
 
 
 def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
-    from rcdm_viz.evaluation.report import compare_runs, report_run
+    from rcdm_viz.evaluation.report import compare_runs, report_run  # deferred: start-up cost
 
     if not runs:
         summary = report_run(run)
@@ -170,64 +179,9 @@ def _report(run: RunDir, runs: list[str] | None, out: str) -> None:
     print(f"report across {len(runs)} runs written to {out} ({', '.join(result['plots'].values())})")
 
 
-def _sample(
-    cfg: Config,
-    run: RunDir,
-    images: list[str],
-    layers: str,
-    progress: bool,
-    interpolate: int | None = None,
-    scores: bool = False,
-) -> None:
-    from rcdm_viz.decoder.grids import (
-        image_id,
-        interpolate_layers,
-        layer_notes,
-        load_decoders,
-        read_image,
-        resolve_layers,
-        sample_layers,
-        write_interpolation_dir,
-        write_sample_dir,
-    )
-    from rcdm_viz.encoders import load_encoder
-
-    if interpolate is not None and len(images) != 2:
-        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(images)}")
-
-    inputs = [(path, read_image(path)) for path in images]  # all unreadable files fail before sampling
-    encoder = load_encoder(run.require_encoder())
-    decoders = load_decoders(run, resolve_layers(layers, encoder), encoder)
-    if interpolate is not None:
-        (path_a, a), (path_b, b) = inputs
-        rows = interpolate_layers(encoder, decoders, a, b, interpolate, cfg.sample, progress=progress)
-        out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
-        print(write_interpolation_dir(out, a, b, rows, cfg.sample))
-        return
-    gallery = None
-    if scores:
-        from rcdm_viz.evaluation.scores import build_gallery
-
-        side = next(iter(decoders.values())).config.resolution
-        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
-    for path, image in inputs:
-        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        result = None
-        if gallery is not None:
-            from rcdm_viz.evaluation.scores import score_image
-
-            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-            write_json(run.samples(image_id(path)) / "scores.json", result)
-        notes = layer_notes(run, result)
-        print(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
-
-
 def _app(runs: str | None, headless: bool, port: int, address: str | None) -> NoReturn:
     """Become ``streamlit run app/streamlit_app.py`` with the runs root in $RCDM_VIZ_RUNS."""
-    import importlib.util
-    import os
-
-    from rcdm_viz.browse import RUNS_ENV, runs_root
+    from rcdm_viz.browse import RUNS_ENV, runs_root  # deferred: start-up cost
 
     root = runs_root(runs)
     if not root.is_dir():

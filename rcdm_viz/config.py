@@ -107,7 +107,7 @@ class DataConfig:
 
 @dataclass
 class EncoderConfig:
-    """Trunk + projector (DESIGN.md "Widened trunk", "Projector")."""
+    """Trunk + projector (docs/DESIGN.md, "Definitions": "Widened trunk", "Projector")."""
 
     arch: str = "resnet50"  # resnet50 (papers) or resnet18 (small CPU trunk)
     width: int = 2048  # D, channels of the trunk's last block (E/N: 512 .. 32768)
@@ -225,7 +225,7 @@ class ProbeConfig:
     ridge: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
     ridge_holdout: float = 0.2  # factor regression: fraction of the training images that chooses the penalty
     rankme_n: int = 4096  # RankMe (Garrido et al. 2023): training images used (rank <= min(n, D))
-    invariance_images: int = 256  # validation images for the encoder invariance scores (DESIGN.md)
+    invariance_images: int = 256  # validation images of the encoder invariance scores (docs/DESIGN.md)
     n_train: int = 0  # training images for the probe (0 = all of data.n_train)
 
     def __post_init__(self) -> None:
@@ -286,7 +286,8 @@ class SampleConfig:
 
 
 class Distance(StrEnum):
-    """Perceptual distance of the decoder scores (DESIGN.md: LPIPS when its weights are on disk)."""
+    """Perceptual distance of the decoder scores: LPIPS when its weights are on disk (docs/DESIGN.md,
+    "Invariance scores")."""
 
     AUTO = "auto"  # lpips-alex if torchvision's AlexNet weights are on disk, else 1-ms-ssim or 1-ssim
     LPIPS_ALEX = "lpips-alex"  # LPIPS v0.1 on AlexNet (Zhang et al. 2018)
@@ -296,7 +297,7 @@ class Distance(StrEnum):
 
 @dataclass
 class ScoresConfig:
-    """Decoder scores per layer (DESIGN.md "Invariance scores") and the factor oracle they use."""
+    """Decoder scores per layer (docs/DESIGN.md, "Invariance scores") and the factor oracle they use."""
 
     distance: Distance = Distance.AUTO  # perceptual distance; the output names the one used
     gallery: int = 256  # other (validation) images: retrieval gallery and the x' of the baselines

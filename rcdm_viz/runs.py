@@ -1,6 +1,6 @@
 """The run directory: one place for everything a run produces, which the app browses.
 
-Layout (DESIGN.md)::
+Layout (docs/DESIGN.md, "The run directory")::
 
     runs/<name>/config.yaml, encoder/, features/<layer>.*, decoders/<layer>/, checkpoints/<step>/,
     samples/<image-id>/, report/
@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from rcdm_viz.config import Config, to_dict
 from rcdm_viz.errors import RcdmVizError
 
 ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,19 @@ class RunDir:
         """Directory of the decoder for ``layer`` ("all" for the shared decoder)."""
         return self.root / "decoders" / layer
 
+    @property
+    def shared_decoder(self) -> Path:
+        """Directory of the shared decoder of every layer (``train-decoder --layer all``)."""
+        return self.decoder(ALL_LAYERS)
+
+    def decoder_for(self, layer: str) -> Path | None:
+        """The decoder that serves ``layer``: its own ``decoders/<layer>/`` when trained, else the shared
+        ``decoders/all/`` when trained, else None."""
+        for path in (self.decoder(layer), self.shared_decoder):
+            if (path / "config.json").is_file():
+                return path
+        return None
+
     def checkpoints(self, step_name: str) -> Path:
         """Resumable training state of one step (e.g. "encoder", "decoder-trunk")."""
         return self.root / "checkpoints" / step_name
@@ -85,20 +100,33 @@ class RunDir:
         return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temp file next to ``path``, then ``os.replace`` it onto ``path``.
+
+    A reader never sees a half-written file; the temp file is removed when ``write`` fails.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    atomic_write(path, lambda tmp: _write_synced(tmp, data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

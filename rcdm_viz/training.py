@@ -8,7 +8,6 @@ schedule (and EMA) state plus the step counter.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from accelerate import Accelerator, PartialState
 
 from rcdm_viz.config import Precision
 from rcdm_viz.runs import atomic_write_text
+from rcdm_viz.seeding import generator_for
 
 _CKPT_PREFIX = "step-"
 
@@ -56,19 +56,6 @@ def make_accelerator(precision: Precision) -> Accelerator:
         cpu=cpu,
         step_scheduler_with_optimizer=False,
     )
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from any tuple of ints/strings (stable across machines and Python runs)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-def generator_for(*parts: int | str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A torch.Generator seeded by ``derive_seed(*parts)``."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(derive_seed(*parts))
-    return gen
 
 
 def batch_indices(n: int, batch_size: int, step: int, seed: int) -> torch.Tensor:

@@ -16,12 +16,12 @@ import yaml
 
 from rcdm_viz.config import config_from_dict
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.grids import load_decoders
 from rcdm_viz.decoder.train import decoder_layers
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.conditioning import conditional_losses, format_losses
 from rcdm_viz.evaluation.scores import encode
 from rcdm_viz.runs import RunDir, write_json
+from rcdm_viz.sample_run import load_decoders
 
 
 def main() -> None:

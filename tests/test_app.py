@@ -31,8 +31,8 @@ def _sample_into(run: RunDir, cfg, image_id: str, seed: int) -> None:
     import dataclasses
 
     from rcdm_viz.data.synthetic import SyntheticScenes
-    from rcdm_viz.decoder.grids import load_decoders, sample_layers, write_sample_dir
     from rcdm_viz.encoders import load_encoder
+    from rcdm_viz.sample_run import load_decoders, sample_layers, write_sample_dir
 
     encoder = load_encoder(run.require_encoder())
     decoders = load_decoders(run, ["trunk"], encoder)

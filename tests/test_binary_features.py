@@ -10,12 +10,12 @@ from safetensors import safe_open
 
 from rcdm_viz.cli import main
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.features import cached_features, pack_bits, unpack_bits
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
 from rcdm_viz.decoder.sampling import sample, tensor_to_pil
 from rcdm_viz.decoder.schedule import diffusion_loss
 from rcdm_viz.decoder.train import build_decoder, pack_reps, train_decoder, training_data
 from rcdm_viz.encoders import build_encoder, load_encoder
+from rcdm_viz.features import cached_features, pack_bits, unpack_bits
 from rcdm_viz.runs import RunDir, read_metrics
 from tests.conftest import tiny_config
 

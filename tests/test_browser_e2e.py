@@ -25,7 +25,6 @@ pytest.importorskip("streamlit")
 connect = pytest.importorskip("websockets.sync.client").connect
 
 CHROMIUM = shutil.which("chromium")
-SHARED_COPY = Path("/work/notes/app-screenshot.png")  # for the lead, when that folder exists
 DEADLINE = 90  # seconds for each wait (server up, browser up, grid rendered); the machine is shared
 # Grid rendered: its caption is on the page, every st.image has loaded, and no script run is in progress.
 RENDERED_JS = """(() => {
@@ -167,8 +166,6 @@ def test_grid_renders_in_chromium(tmp_path, tiny_run):
     path.write_bytes(shot)
     from PIL import Image
 
-    if SHARED_COPY.parent.is_dir():
-        shutil.copy(path, SHARED_COPY)
     with Image.open(path) as img:
         assert img.width >= 800, img.size
         assert len(img.convert("RGB").getcolors(1 << 20) or []) > 50  # a rendered page, not a blank one

@@ -12,13 +12,13 @@ from safetensors.torch import load_file
 from rcdm_viz.cli import main
 from rcdm_viz.config import SampleConfig
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.features import cached_features
-from rcdm_viz.decoder.grids import interpolate_layers, load_decoders
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
 from rcdm_viz.decoder.train import pack_reps, train_decoder
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.features import cached_features
 from rcdm_viz.runs import RunDir, read_metrics
+from rcdm_viz.sample_run import interpolate_layers, load_decoders
 from tests.conftest import tiny_config
 
 TINY_DEC = dict(resolution=16, block_out_channels=(16, 16), layers_per_block=1, norm_num_groups=8)

@@ -11,7 +11,6 @@ from rcdm_viz.cli import main
 from rcdm_viz.config import ProbeConfig, ProbeSolver
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.probes import (
-    binarize,
     factor_probe,
     factor_targets,
     knn_accuracy,
@@ -23,6 +22,7 @@ from rcdm_viz.evaluation.probes import (
     select_ridge,
     sparsity,
 )
+from rcdm_viz.features import binarize
 from rcdm_viz.runs import RunDir, read_json
 
 
@@ -90,7 +90,7 @@ def test_probe_run_writes_every_probe_for_every_layer(tiny_run):
         assert key in trunk, key
     assert set(trunk["factor_r2"]) >= {"object_hue", "spot_phi", "floor_hue"}
     assert set(on_disk["invariance"]["trunk"]) >= {"crop", "flip", "hue", "grayscale", "blur", "solarize"}
-    assert (run.features / "probe-train.safetensors").is_file()
+    assert (run.features / "probe-train" / "trunk.safetensors").is_file()
     again = probe_run(cfg, run, progress=False)  # from the cache: identical numbers
     assert again["layers"] == result["layers"]
 

@@ -12,12 +12,12 @@ from PIL import Image
 from rcdm_viz.cli import main
 from rcdm_viz.config import Distance, ScoresConfig
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.grids import layer_notes
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.oracle import train_oracle
 from rcdm_viz.evaluation.probes import probe_run
 from rcdm_viz.evaluation.scores import Gallery, encode, resolve_distance, score_image
 from rcdm_viz.runs import RunDir, read_json
+from rcdm_viz.sample_run import layer_notes
 from tests.conftest import tiny_config
 
 SMALL_SCORES = ["--set", "scores.oracle_n_train=256", "--set", "scores.oracle_steps=30", "--set",

@@ -6,15 +6,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
+from rcdm_viz.config import SamplerName as Sampler
+from rcdm_viz.decoder.grids import GRID_GAP
 from rcdm_viz.decoder.model import RCDMDecoder
-from rcdm_viz.decoder.sampling import (
-    GRID_GAP,
-    Sampler,
-    make_sampler,
-    sample,
-    sample_grid,
-    sample_seed,
-)
+from rcdm_viz.decoder.sampling import SAMPLERS, make_sampler, sample, sample_grid, sample_seed
 from rcdm_viz.decoder.schedule import make_noise_scheduler
 from rcdm_viz.errors import RcdmVizError
 
@@ -221,3 +216,18 @@ def test_ddpm_respacing_reproduces_adm(decoder, reps, steps):
     sched = make_sampler("ddpm", make_noise_scheduler().config)
     sched.set_timesteps(steps)
     assert sched.timesteps.tolist() == sorted({round(i * 999 / (steps - 1)) for i in range(steps)})[::-1]
+
+
+def test_every_sampler_has_a_factory_and_a_missing_one_is_an_error(monkeypatch):
+    config = make_noise_scheduler().config
+    kinds = {
+        Sampler.DDPM: DDPMScheduler, Sampler.DDIM: DDIMScheduler, Sampler.DPMPP: DPMSolverMultistepScheduler
+    }
+    assert set(SAMPLERS) == set(Sampler) == set(kinds)
+    for name in Sampler:
+        assert type(make_sampler(name.value, config)) is kinds[name]
+    monkeypatch.delitem(SAMPLERS, Sampler.DDIM)
+    with pytest.raises(RcdmVizError, match="ddim"):
+        make_sampler("ddim", config)
+    with pytest.raises(RcdmVizError, match="unknown sampler 'euler'"):
+        make_sampler("euler", config)

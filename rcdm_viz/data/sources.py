@@ -16,8 +16,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import DataConfig, DataSource
+from rcdm_viz.data.cache import open_cache
+from rcdm_viz.data.folder import index_folder, load_folder, split_dir
+from rcdm_viz.data.synthetic import SyntheticScenes
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.training import derive_seed
+from rcdm_viz.seeding import derive_seed
 
 SPLITS = ("train", "val", "test")
 
@@ -34,6 +37,7 @@ class ImageSet:
     factors: dict[str, Tensor] | None = None
     num_classes: int = 0
     class_names: tuple[str, ...] = ()  # folder/cache class names, by label
+    key: str = ""  # identity of the set (``images_key``), set by ``load_images``; keys feature caches
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -48,10 +52,21 @@ def to_uint8(images: Tensor) -> Tensor:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8)
 
 
+def images_key(data: DataConfig, split: str, n: int, resolution: int) -> str:
+    """Identity of an image set (source, root, seed, split, size, resolution), for the feature cache."""
+    return f"{data.source.value}:root={data.root}:seed={data.seed}:split={split}:n={n}:res={resolution}"
+
+
 def load_images(
     data: DataConfig, split: str, n: int | None = None, resolution: int | None = None, progress: bool = True
 ) -> ImageSet:
     """Load ``n`` images of ``split`` at ``resolution`` (defaults: the config's) as an ImageSet."""
+    images = _load(data, split, n, resolution, progress)
+    images.key = images_key(data, split, len(images), resolution or data.resolution)
+    return images
+
+
+def _load(data: DataConfig, split: str, n: int | None, resolution: int | None, progress: bool) -> ImageSet:
     if split not in SPLITS:
         raise RcdmVizError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
     n = (data.n_train if split == "train" else data.n_val) if n is None else n
@@ -93,8 +108,6 @@ def resize_uint8(images: Tensor, resolution: int, chunk: int = 1024) -> Tensor:
 
 
 def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: bool) -> ImageSet:
-    from rcdm_viz.data.folder import index_folder, load_folder, split_dir
-
     index = index_folder(split_dir(data.root, split))
     chosen = subset(len(index.files), n, data.seed, split)
     keep = range(len(index.files)) if chosen is None else chosen.tolist()
@@ -105,8 +118,6 @@ def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: boo
 
 
 def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
-    from rcdm_viz.data.cache import open_cache
-
     images, labels, classes = open_cache(data.root, split)
     chosen = subset(len(images), n, data.seed, split)
     if chosen is not None:
@@ -115,8 +126,6 @@ def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
 
 
 def _synthetic(seed: int, split: str, n: int, resolution: int, progress: bool, chunk: int = 1024) -> ImageSet:
-    from rcdm_viz.data.synthetic import SyntheticScenes
-
     scenes = SyntheticScenes(n, resolution=resolution, seed=seed, split=split)
     images = torch.empty((n, 3, resolution, resolution), dtype=torch.uint8)
     bar = tqdm(total=n, desc=f"render {split} {resolution}px", disable=not progress, leave=False)

@@ -1,26 +1,20 @@
-"""Per-image layer grids: encode an image, sample each layer's decoder, write ``samples/<image-id>/``."""
+"""Images in and out, and the grids drawn from them: read and fit an input image, encode PNGs, and draw
+the layer grid (rows = layers, column 0 = the input) and the interpolation grid."""
 
 from __future__ import annotations
 
 import io
-import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-from torchvision.utils import make_grid
 
-from rcdm_viz.config import SampleConfig
-from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
-from rcdm_viz.decoder.sampling import interpolation_grid, sample, sample_grid, tensor_to_pil
-from rcdm_viz.decoder.train import ALL_LAYERS, check_layer
-from rcdm_viz.encoders import Encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
+
+# ------------------------------------------------------------------------------------------- image I/O
 
 
 def read_image(path: str | Path) -> Tensor:
@@ -49,184 +43,126 @@ def image_id(path: str | Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "image"
 
 
-def resolve_layers(spec: str | Sequence[str], encoder: Encoder) -> list[str]:
-    """``"all"`` -> the encoder's layer_names; ``"trunk,head2"`` -> checked list."""
-    names = encoder.layer_names if spec == "all" else spec
-    if isinstance(names, str):
-        names = [s.strip() for s in names.split(",") if s.strip()]
-    for name in names:
-        check_layer(encoder, name)
-    if not names:
-        raise RcdmVizError(f"no layers selected by '{spec}'")
-    return list(names)
-
-
-def _check_decoder(decoder: RCDMDecoder, path: Path, layer: str, encoder: Encoder, fingerprint: str) -> None:
-    """One-line errors when the decoder at ``path`` was not trained on ``encoder``'s ``layer``."""
-    if layer not in decoder.layers:
-        raise RcdmVizError(f"the decoder '{path}' has no layer '{layer}' (it has {decoder.layers})")
-    want, have = encoder.layer_dims[layer], decoder.config.layer_dims[layer]
-    if have != want:
-        raise RcdmVizError(
-            f"decoder '{path}' expects {have}-d representations of '{layer}' but the encoder gives {want}"
-        )
-    trained_on = decoder.config.encoder_fingerprint
-    if trained_on is not None and trained_on != fingerprint:
-        raise RcdmVizError(
-            f"decoder '{path}' was trained on encoder {trained_on}, not on this run's encoder {fingerprint}; "
-            "retrain it with `rcdm-viz train-decoder`"
-        )
-
-
-def load_decoders(run: RunDir, layers: Sequence[str], encoder: Encoder) -> dict[str, RCDMDecoder]:
-    """The run's decoder for each layer (``decoders/<layer>/``, else the shared ``decoders/all/``), checked
-    against the encoder they must match.  Layers served by the shared decoder share one object."""
-    fingerprint = encoder.fingerprint()
-    decoders: dict[str, RCDMDecoder] = {}
-    shared: RCDMDecoder | None = None
-    shared_path = run.decoder(ALL_LAYERS)
-    for layer in layers:
-        path = run.decoder(layer)
-        if (path / "config.json").is_file():
-            decoders[layer] = load_decoder(path)
-        elif (shared_path / "config.json").is_file():
-            shared = shared if shared is not None else load_decoder(shared_path)
-            path, decoders[layer] = shared_path, shared
-        else:
-            raise RcdmVizError(
-                f"no decoder for layer '{layer}' in '{run.root}'; run `rcdm-viz train-decoder --layer "
-                f"{layer}` (or `--layer all`) first"
-            )
-        _check_decoder(decoders[layer], path, layer, encoder, fingerprint)
-    return decoders
-
-
-def layer_notes(run: RunDir, scores: dict | None = None) -> dict[str, str]:
-    """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``) and
-    representation consistency of the decoder's samples (from ``scores``, one image's ``scores.json``;
-    else the mean over the run's ``samples/*/scores.json``), e.g. "acc 91%\ncons 0.83"."""
-    notes: dict[str, list[str]] = {}
-    if run.probes.is_file():
-        for name, row in read_json(run.probes).get("layers", {}).items():
-            if "linear_acc" in row:
-                notes.setdefault(name, []).append(f"acc {100 * row['linear_acc']:.0f}%")
-    if scores is None:
-        from rcdm_viz.evaluation.report import decoder_scores  # deferred: pulls in matplotlib
-
-        per_layer = decoder_scores(run)[0]
-    else:
-        per_layer = scores.get("layers", {})
-    for name, row in per_layer.items():
-        if row.get("consistency") is not None and math.isfinite(row["consistency"]):
-            notes.setdefault(name, []).append(f"cons {row['consistency']:.2f}")
-    return {name: "\n".join(lines) for name, lines in notes.items()}
-
-
-@torch.inference_mode()
-def sample_layers(
-    encoder: Encoder,
-    decoders: dict[str, RCDMDecoder],
-    image: Tensor,
-    cfg: SampleConfig,
-    progress: bool = False,
-) -> dict[str, Tensor]:
-    """For one image [3,H,W] in [0,1]: layer -> n samples [n,3,h,w] decoded from its representation."""
-    res = encoder.config["resolution"]
-    reps = encoder(fit(image, res)[None], layers=list(decoders))
-    return {layer: _sample_with(dec, reps[layer], layer, cfg, progress)[0] for layer, dec in decoders.items()}
-
-
-def _sample_with(dec: RCDMDecoder, reps: Tensor, layer: str, cfg: SampleConfig, progress: bool) -> Tensor:
-    """``sample`` with every setting taken from ``cfg``: reps [m,D] -> [m,n,3,h,w]."""
-    return sample(
-        dec,
-        reps,
-        n=cfg.n,
-        steps=cfg.steps,
-        sampler=cfg.sampler.value,
-        guidance=cfg.guidance,
-        seed=cfg.seed,
-        layer=layer,
-        batch_size=cfg.batch_size,
-        progress=progress,
-    )
-
-
-@torch.inference_mode()
-def interpolate_layers(
-    encoder: Encoder,
-    decoders: dict[str, RCDMDecoder],
-    image_a: Tensor,
-    image_b: Tensor,
-    columns: int,
-    cfg: SampleConfig,
-    progress: bool = False,
-) -> dict[str, Tensor]:
-    """Decode linear interpolations between two images' representations.
-
-    Column c decodes h_c = (1 - a_c) h(A) + a_c h(B), a_c = c / (columns - 1); sample j of every column
-    starts from the same noise (seeded by (seed, j)), so a row shows only what the representation changes.
-    image_a, image_b: [3,H,W] in [0,1].  Returns layer -> [n, columns, 3, h, w].
-    """
-    if columns < 2:
-        raise RcdmVizError(f"--interpolate needs at least 2 columns, got {columns}")
-    res = encoder.config["resolution"]
-    reps = encoder(torch.stack([fit(image_a, res), fit(image_b, res)]), layers=list(decoders))
-    alpha = torch.linspace(0, 1, columns).unsqueeze(1)
-    rows = {}
-    for layer, dec in decoders.items():
-        h = (1 - alpha) * reps[layer][0].float() + alpha * reps[layer][1].float()  # [columns, D]
-        rows[layer] = _sample_with(dec, h, layer, cfg, progress).transpose(0, 1)
-    return rows
-
-
-def write_interpolation_dir(
-    out_dir: Path, image_a: Tensor, image_b: Tensor, rows: dict[str, Tensor], cfg: SampleConfig
-) -> Path:
-    """Write grid.png (rows = layer x sample, columns = A, interpolations, B) and meta.json."""
-    res = next(iter(rows.values())).shape[-1]
-    grid = interpolation_grid(fit(image_a, res), fit(image_b, res), rows, scale=max(1, 64 // res))
-    atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
-    columns = next(iter(rows.values())).shape[1]
-    meta = _sampling_meta(rows, cfg, res)
-    meta.update(columns=columns, alpha=torch.linspace(0, 1, columns).tolist())
-    write_json(out_dir / "meta.json", meta)
-    return out_dir / "grid.png"
-
-
-def write_sample_dir(
-    out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig
-) -> Path:
-    """Write grid.png, one strip per layer and meta.json into ``out_dir``; returns the grid's path."""
-    res = next(iter(rows.values())).shape[-1]
-    shown = fit(image, res)
-    grid = sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))
-    atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
-    atomic_write_bytes(out_dir / "input.png", png_bytes(tensor_to_pil(shown)))
-    for layer, samples in rows.items():
-        atomic_write_bytes(
-            out_dir / f"{layer}.png",
-            png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
-        )
-    write_json(out_dir / "meta.json", _sampling_meta(rows, cfg, res))
-    return out_dir / "grid.png"
-
-
-def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) -> dict:
-    """What a grid's meta.json records: its layers and every setting that decides its pixels."""
-    return {
-        "layers": list(rows),
-        "n": cfg.n,
-        "sampler": cfg.sampler.value,
-        "steps": cfg.steps,
-        "guidance": cfg.guidance,
-        "seed": cfg.seed,
-        "resolution": resolution,
-    }
-
-
 def png_bytes(img: Image.Image) -> bytes:
     """``img`` encoded as PNG."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- grids
+
+GRID_GAP = 2  # pixels between neighbouring cells
+GRID_INPUT_GAP = 8  # wider gap after the input column, separating it from the samples
+GRID_PAD = 4  # padding around text
+_WHITE, _TEXT, _NOTE = (255, 255, 255), (0, 0, 0), (90, 90, 90)
+
+
+def tensor_to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
+    """An image [3, H, W] in [0, 1] as an RGB PIL image, upscaled ``scale``x by nearest neighbour."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
+    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    pil = Image.fromarray(array)
+    if scale != 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
+    return pil
+
+
+def _check_grid_inputs(image: torch.Tensor, rows: dict[str, torch.Tensor], scale: int) -> None:
+    if scale < 1:
+        raise RcdmVizError(f"scale must be >= 1, got {scale}")
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
+    if not rows:
+        raise RcdmVizError("sample_grid needs at least one row, got none")
+    for name, samples in rows.items():
+        if samples.ndim != 4 or samples.shape[0] < 1 or tuple(samples.shape[1:]) != tuple(image.shape):
+            raise RcdmVizError(
+                f"row {name!r} must have shape [n >= 1, {', '.join(map(str, image.shape))}], "
+                f"got {list(samples.shape)}"
+            )
+
+
+def sample_grid(
+    image: torch.Tensor,
+    rows: dict[str, torch.Tensor],
+    notes: dict[str, str] | None = None,
+    scale: int = 2,
+) -> Image.Image:
+    """The layer grid: one row per entry of ``rows`` (layer -> samples [n, 3, H, W] in [0, 1]), in order.
+
+    Column 0 repeats the input ``image`` [3, H, W]; the samples follow after a wider gap.  A left margin
+    holds the row label (the layer name, and ``notes[layer]`` under it, e.g. "acc 0.91"); a header names
+    the "input" and "samples" columns.  Cells are upscaled ``scale``x by nearest neighbour.
+    """
+    _check_grid_inputs(image, rows, scale)
+    notes = notes or {}
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    line_h = text_size("Ag")[1]
+    labels = [*rows, *(notes.get(k, "") for k in rows)]
+    label_w = max(text_size(s)[0] for s in labels) + 2 * GRID_PAD
+    header_h = line_h + 2 * GRID_PAD
+    cell_h, cell_w = image.shape[1] * scale, image.shape[2] * scale
+    n_max = max(s.shape[0] for s in rows.values())
+    x_samples = label_w + cell_w + GRID_INPUT_GAP
+    width = x_samples + n_max * cell_w + (n_max - 1) * GRID_GAP
+    height = header_h + len(rows) * cell_h + (len(rows) - 1) * GRID_GAP
+    grid = Image.new("RGB", (width, height), _WHITE)
+    draw = ImageDraw.Draw(grid)
+    draw.text((label_w, GRID_PAD), "input", fill=_TEXT, font=font)
+    draw.text((x_samples, GRID_PAD), "samples", fill=_TEXT, font=font)
+    shown = tensor_to_pil(image, scale)
+    for r, (name, samples) in enumerate(rows.items()):
+        y = header_h + r * (cell_h + GRID_GAP)
+        draw.text((GRID_PAD, y + GRID_PAD), name, fill=_TEXT, font=font)
+        if notes.get(name):
+            draw.text((GRID_PAD, y + 2 * GRID_PAD + line_h), notes[name], fill=_NOTE, font=font)
+        grid.paste(shown, (label_w, y))
+        for j, one in enumerate(samples):
+            grid.paste(tensor_to_pil(one, scale), (x_samples + j * (cell_w + GRID_GAP), y))
+    return grid
+
+
+def interpolation_grid(
+    image_a: torch.Tensor, image_b: torch.Tensor, rows: dict[str, torch.Tensor], scale: int = 2
+) -> Image.Image:
+    """The interpolation grid: for each layer (rows ``layer`` -> [n, K, 3, H, W] in [0, 1]) n rows of K
+    decoded interpolations, between the inputs ``image_a`` (first column) and ``image_b`` (last column)."""
+    if scale < 1:
+        raise RcdmVizError(f"scale must be >= 1, got {scale}")
+    for name, samples in rows.items():
+        if samples.ndim != 5 or tuple(samples.shape[2:]) != tuple(image_a.shape):
+            raise RcdmVizError(
+                f"row {name!r} must have shape [n, K, {image_a.shape[0]}, H, W], got {list(samples.shape)}"
+            )
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max(measure.textbbox((0, 0), f"{name} #00", font=font)[2] for name in rows) + 2 * GRID_PAD
+    header_h = measure.textbbox((0, 0), "Ag", font=font)[3] + 2 * GRID_PAD
+    cell = image_a.shape[-1] * scale
+    k = next(iter(rows.values())).shape[1]
+    x_mid = label_w + cell + GRID_INPUT_GAP
+    x_b = x_mid + k * (cell + GRID_GAP) - GRID_GAP + GRID_INPUT_GAP
+    n_rows = sum(s.shape[0] for s in rows.values())
+    grid = Image.new("RGB", (x_b + cell, header_h + n_rows * (cell + GRID_GAP) - GRID_GAP), _WHITE)
+    draw = ImageDraw.Draw(grid)
+    for x, text in ((label_w, "A"), (x_mid, f"interpolation A -> B ({k} steps)"), (x_b, "B")):
+        draw.text((x, GRID_PAD), text, fill=_TEXT, font=font)
+    shown_a, shown_b = tensor_to_pil(image_a, scale), tensor_to_pil(image_b, scale)
+    y = header_h
+    for name, samples in rows.items():
+        for j, row in enumerate(samples):
+            draw.text((GRID_PAD, y + GRID_PAD), f"{name} #{j}", fill=_TEXT, font=font)
+            grid.paste(shown_a, (label_w, y))
+            grid.paste(shown_b, (x_b, y))
+            for c, one in enumerate(row):
+                grid.paste(tensor_to_pil(one, scale), (x_mid + c * (cell + GRID_GAP), y))
+            y += cell + GRID_GAP
+    return grid

@@ -21,7 +21,7 @@ from torch import nn
 
 from rcdm_viz.decoder.schedule import make_noise_scheduler
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.evaluation.probes import binarize as binarize_reps
+from rcdm_viz.features import binarize as binarize_reps
 
 # ADM (Dhariwal & Nichol 2021, Table 1 ablation) found 64 channels per attention head best.
 _HEAD_CHANNELS = 64

@@ -1,4 +1,5 @@
-"""Sampling a trained decoder (diffusers schedulers) and the per-layer sample grid.
+"""Sampling a trained decoder: the samplers (diffusers schedulers, one factory each in ``SAMPLERS``) and
+``sample``. The grids they fill are drawn by ``rcdm_viz.decoder.grids`` (re-exported here).
 
 Every sample has its own noise stream: sample j (its initial noise and every stochastic step's noise)
 comes from a CPU ``torch.Generator`` seeded from (seed, j) only.  So the same call gives the same images
@@ -10,20 +11,25 @@ compares like with like.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import SamplerName as Sampler
+from rcdm_viz.decoder.grids import interpolation_grid, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.seeding import sample_seed
+
+# The grid drawing lives in rcdm_viz.decoder.grids; re-exported here, where the public API names it.
+__all__ = [
+    "SAMPLERS", "interpolation_grid", "make_sampler", "sample", "sample_grid", "sample_seed", "tensor_to_pil"
+]
 
 
 def _as_sampler(sampler: str | Enum) -> Sampler:
@@ -34,39 +40,50 @@ def _as_sampler(sampler: str | Enum) -> Sampler:
         raise RcdmVizError(f"unknown sampler {sampler!r}; choose one of {names}") from None
 
 
-def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> SchedulerMixin:
-    """A sampling scheduler built from the training DDPM scheduler's config.
+def _ddpm(config: dict) -> SchedulerMixin:
+    return DDPMScheduler.from_config(config, timestep_spacing="linspace")
 
-    DDPM with N steps is ADM's respacing (``space_timesteps(T, "N")``, which RCDM samples with, N = 100):
-    timesteps round(i (T-1)/(N-1)) = diffusers' "linspace" spacing, and diffusers' step then uses the
-    posterior of the respaced chain (alphas_cumprod at the previous *chosen* timestep), which equals ADM's
-    recomputed betas 1 - abar_t / abar_prev (tests/test_sampling.py checks this numerically).  DDIM and
-    DPM++ use "trailing" timesteps, which also start at t = T-1 (Lin et al. 2024).
-    DDIM keeps the training config's ``clip_sample=True`` (x0 clipped to [-1, 1]); DPM++ does not clip,
-    so it gets dynamic thresholding capped at 1 (Saharia et al. 2022), which for images in [-1, 1] is the
-    same safeguard: without either, briefly trained decoders diverge (see DESIGN.md, "Decoder").
-    """
-    kind = _as_sampler(sampler)
-    config = dict(train_scheduler_config)
-    spacing = {"timestep_spacing": "trailing"}
-    if kind is Sampler.DDPM:
-        return DDPMScheduler.from_config(config, timestep_spacing="linspace")
-    if kind is Sampler.DDIM:
-        return DDIMScheduler.from_config(config, **spacing)
+
+def _ddim(config: dict) -> SchedulerMixin:
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing")
+
+
+def _dpmpp(config: dict) -> SchedulerMixin:
     return DPMSolverMultistepScheduler.from_config(
         config,
         algorithm_type="dpmsolver++",
         solver_order=2,
         thresholding=True,
         sample_max_value=1.0,
-        **spacing,
+        timestep_spacing="trailing",
     )
 
 
-def sample_seed(seed: int, j: int) -> int:
-    """The 63-bit seed of sample ``j`` under the user's ``seed`` (a hash, so nearby seeds do not overlap)."""
-    digest = hashlib.blake2b(f"rcdm-viz:{int(seed)}:{int(j)}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+# Every sampler of ``config.SamplerName``: a factory from the training DDPM scheduler's config.
+SAMPLERS: dict[Sampler, Callable[[dict], SchedulerMixin]] = {
+    Sampler.DDPM: _ddpm,
+    Sampler.DDIM: _ddim,
+    Sampler.DPMPP: _dpmpp,
+}
+
+
+def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> SchedulerMixin:
+    """A sampling scheduler built from the training DDPM scheduler's config (``SAMPLERS``).
+
+    DDPM with N steps is ADM's respacing (``space_timesteps(T, "N")``, which RCDM samples with, N = 100):
+    timesteps round(i (T-1)/(N-1)) = diffusers' "linspace" spacing, and diffusers' step then uses the
+    posterior of the respaced chain (alphas_cumprod at the previous *chosen* timestep), which equals ADM's
+    recomputed betas 1 - abar_t / abar_prev (the sampling tests check this numerically).  DDIM and DPM++
+    use "trailing" timesteps, which also start at t = T-1 (Lin et al. 2024).
+    DDIM keeps the training config's ``clip_sample=True`` (x0 clipped to [-1, 1]); DPM++ does not clip,
+    so it gets dynamic thresholding capped at 1 (Saharia et al. 2022), which for images in [-1, 1] is the
+    same safeguard: without either, briefly trained decoders diverge (docs/DESIGN.md, "Decoder").
+    """
+    kind = _as_sampler(sampler)
+    factory = SAMPLERS.get(kind)
+    if factory is None:
+        raise RcdmVizError(f"sampler '{kind.value}' has no scheduler factory in SAMPLERS")
+    return factory(dict(train_scheduler_config))
 
 
 def _generators(seed: int, js: list[int]) -> list[torch.Generator]:
@@ -201,121 +218,3 @@ def sample(
     finally:
         decoder.train(was_training)
     return out.view(reps.shape[0], n, 3, res, res)
-
-
-# ---------------------------------------------------------------------------------------------- grids
-
-GRID_GAP = 2  # pixels between neighbouring cells
-GRID_INPUT_GAP = 8  # wider gap after the input column, separating it from the samples
-GRID_PAD = 4  # padding around text
-_WHITE, _TEXT, _NOTE = (255, 255, 255), (0, 0, 0), (90, 90, 90)
-
-
-def tensor_to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
-    """An image [3, H, W] in [0, 1] as an RGB PIL image, upscaled ``scale``x by nearest neighbour."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
-    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    pil = Image.fromarray(array)
-    if scale != 1:
-        pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
-    return pil
-
-
-def _check_grid_inputs(image: torch.Tensor, rows: dict[str, torch.Tensor], scale: int) -> None:
-    if scale < 1:
-        raise RcdmVizError(f"scale must be >= 1, got {scale}")
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
-    if not rows:
-        raise RcdmVizError("sample_grid needs at least one row, got none")
-    for name, samples in rows.items():
-        if samples.ndim != 4 or samples.shape[0] < 1 or tuple(samples.shape[1:]) != tuple(image.shape):
-            raise RcdmVizError(
-                f"row {name!r} must have shape [n >= 1, {', '.join(map(str, image.shape))}], "
-                f"got {list(samples.shape)}"
-            )
-
-
-def sample_grid(
-    image: torch.Tensor,
-    rows: dict[str, torch.Tensor],
-    notes: dict[str, str] | None = None,
-    scale: int = 2,
-) -> Image.Image:
-    """The layer grid: one row per entry of ``rows`` (layer -> samples [n, 3, H, W] in [0, 1]), in order.
-
-    Column 0 repeats the input ``image`` [3, H, W]; the samples follow after a wider gap.  A left margin
-    holds the row label (the layer name, and ``notes[layer]`` under it, e.g. "acc 0.91"); a header names
-    the "input" and "samples" columns.  Cells are upscaled ``scale``x by nearest neighbour.
-    """
-    _check_grid_inputs(image, rows, scale)
-    notes = notes or {}
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_size(text: str) -> tuple[int, int]:
-        left, top, right, bottom = measure.textbbox((0, 0), text, font=font)
-        return right - left, bottom - top
-
-    line_h = text_size("Ag")[1]
-    labels = [*rows, *(notes.get(k, "") for k in rows)]
-    label_w = max(text_size(s)[0] for s in labels) + 2 * GRID_PAD
-    header_h = line_h + 2 * GRID_PAD
-    cell_h, cell_w = image.shape[1] * scale, image.shape[2] * scale
-    n_max = max(s.shape[0] for s in rows.values())
-    x_samples = label_w + cell_w + GRID_INPUT_GAP
-    width = x_samples + n_max * cell_w + (n_max - 1) * GRID_GAP
-    height = header_h + len(rows) * cell_h + (len(rows) - 1) * GRID_GAP
-    grid = Image.new("RGB", (width, height), _WHITE)
-    draw = ImageDraw.Draw(grid)
-    draw.text((label_w, GRID_PAD), "input", fill=_TEXT, font=font)
-    draw.text((x_samples, GRID_PAD), "samples", fill=_TEXT, font=font)
-    shown = tensor_to_pil(image, scale)
-    for r, (name, samples) in enumerate(rows.items()):
-        y = header_h + r * (cell_h + GRID_GAP)
-        draw.text((GRID_PAD, y + GRID_PAD), name, fill=_TEXT, font=font)
-        if notes.get(name):
-            draw.text((GRID_PAD, y + 2 * GRID_PAD + line_h), notes[name], fill=_NOTE, font=font)
-        grid.paste(shown, (label_w, y))
-        for j, one in enumerate(samples):
-            grid.paste(tensor_to_pil(one, scale), (x_samples + j * (cell_w + GRID_GAP), y))
-    return grid
-
-
-def interpolation_grid(
-    image_a: torch.Tensor, image_b: torch.Tensor, rows: dict[str, torch.Tensor], scale: int = 2
-) -> Image.Image:
-    """The interpolation grid: for each layer (rows ``layer`` -> [n, K, 3, H, W] in [0, 1]) n rows of K
-    decoded interpolations, between the inputs ``image_a`` (first column) and ``image_b`` (last column)."""
-    if scale < 1:
-        raise RcdmVizError(f"scale must be >= 1, got {scale}")
-    for name, samples in rows.items():
-        if samples.ndim != 5 or tuple(samples.shape[2:]) != tuple(image_a.shape):
-            raise RcdmVizError(
-                f"row {name!r} must have shape [n, K, {image_a.shape[0]}, H, W], got {list(samples.shape)}"
-            )
-    font = ImageFont.load_default()
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(measure.textbbox((0, 0), f"{name} #00", font=font)[2] for name in rows) + 2 * GRID_PAD
-    header_h = measure.textbbox((0, 0), "Ag", font=font)[3] + 2 * GRID_PAD
-    cell = image_a.shape[-1] * scale
-    k = next(iter(rows.values())).shape[1]
-    x_mid = label_w + cell + GRID_INPUT_GAP
-    x_b = x_mid + k * (cell + GRID_GAP) - GRID_GAP + GRID_INPUT_GAP
-    n_rows = sum(s.shape[0] for s in rows.values())
-    grid = Image.new("RGB", (x_b + cell, header_h + n_rows * (cell + GRID_GAP) - GRID_GAP), _WHITE)
-    draw = ImageDraw.Draw(grid)
-    for x, text in ((label_w, "A"), (x_mid, f"interpolation A -> B ({k} steps)"), (x_b, "B")):
-        draw.text((x, GRID_PAD), text, fill=_TEXT, font=font)
-    shown_a, shown_b = tensor_to_pil(image_a, scale), tensor_to_pil(image_b, scale)
-    y = header_h
-    for name, samples in rows.items():
-        for j, row in enumerate(samples):
-            draw.text((GRID_PAD, y + GRID_PAD), f"{name} #{j}", fill=_TEXT, font=font)
-            grid.paste(shown_a, (label_w, y))
-            grid.paste(shown_b, (x_b, y))
-            for c, one in enumerate(row):
-                grid.paste(tensor_to_pil(one, scale), (x_mid + c * (cell + GRID_GAP), y))
-            y += cell + GRID_GAP
-    return grid

@@ -25,43 +25,31 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from rcdm_viz.config import Config, DataConfig, DecoderConfig
+from rcdm_viz.config import Config, DecoderConfig
 from rcdm_viz.data.sources import ImageSet, load_images
-from rcdm_viz.decoder.features import cached_features
+from rcdm_viz.decoder.grids import png_bytes, sample_grid
 from rcdm_viz.decoder.model import RCDMDecoder
+from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.decoder.schedule import diffusion_loss
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import MetricsLog, RunDir, record_config
+from rcdm_viz.features import cached_features
+from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write_bytes, record_config
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.training import (
     batch_indices,
-    generator_for,
     load_latest_checkpoint,
     make_accelerator,
     save_checkpoint,
     shard,
 )
 
-ALL_LAYERS = "all"  # --layer all: the shared decoder, saved in decoders/all/
-
-
-def check_layer(encoder: Encoder, layer: str) -> None:
-    """A one-line error when ``layer`` is not one of the encoder's layers."""
-    if layer not in encoder.all_layer_names:
-        raise RcdmVizError(f"unknown layer '{layer}'; this encoder has: {', '.join(encoder.all_layer_names)}")
-
 
 def decoder_layers(encoder: Encoder, layer: str) -> list[str]:
     """The layers a ``--layer`` value trains: ``all`` -> ``encoder.layer_names``, else ``[layer]``."""
     if layer == ALL_LAYERS:
         return list(encoder.layer_names)
-    check_layer(encoder, layer)
-    return [layer]
-
-
-def images_key(data: DataConfig, split: str, n: int, resolution: int) -> str:
-    """Identity of an image set, for the feature cache."""
-    return f"{data.source.value}:root={data.root}:seed={data.seed}:split={split}:n={n}:res={resolution}"
+    return encoder.select_layers([layer])
 
 
 def build_decoder(dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str) -> RCDMDecoder:
@@ -97,9 +85,8 @@ def training_data(
     dec = cfg.decoder
     dec_images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
     enc_images = _encoder_view(cfg, encoder, "train", None, dec_images)
-    key = images_key(cfg.data, "train", len(enc_images), encoder.config["resolution"])
     feats = cached_features(
-        encoder, enc_images, layers, run.features, key, dec.feature_batch_size, progress, dec.binarize
+        encoder, enc_images, layers, run.features, None, dec.feature_batch_size, progress, dec.binarize
     )
     return dec_images, feats
 
@@ -248,10 +235,6 @@ def progress_writer(
     """A function ``step -> path`` writing ``out_dir/step-XXXXXXX.png``: for each of the first
     ``decoder.progress_images`` validation images, one grid row per layer (input, then 4 samples drawn
     with the EMA weights, DDIM, fixed seeds), so successive files show the same inputs and noise."""
-    from rcdm_viz.decoder.grids import png_bytes
-    from rcdm_viz.decoder.sampling import sample, sample_grid
-    from rcdm_viz.runs import atomic_write_bytes
-
     dec = cfg.decoder
     images = load_images(cfg.data, "val", n=dec.progress_images, resolution=dec.resolution, progress=False)
     enc_images = _encoder_view(cfg, encoder, "val", dec.progress_images, images)

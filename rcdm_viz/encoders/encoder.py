@@ -1,7 +1,8 @@
 """The encoder: input normalisation + widened ResNet trunk + projector, with every layer addressable by name.
 
-Layer names (DESIGN.md, "Layers"): ``stage1..stage3`` (pooled earlier stages, GR Figure 2), ``trunk``
-(pooled trunk output, dimension D), ``head1..headK`` (projector layers; ``headK`` is what the SSL loss sees).
+Layer names (docs/DESIGN.md, "Definitions", Layers): ``stage1..stage3`` (pooled earlier stages, GR
+Figure 2), ``trunk`` (pooled trunk output, dimension D), ``head1..headK`` (projector layers; ``headK`` is
+what the SSL loss sees).
 Bundles are a directory with ``config.json`` + ``model.safetensors``; nothing here unpickles.
 """
 
@@ -115,15 +116,32 @@ class Encoder(nn.Module):
             "resolution": self.resolution,
         }
 
+    # --------------------------------------------------------------------------------------- names
+    def select_layers(self, spec: str | Sequence[str] | None = "all", stages: bool = False) -> list[str]:
+        """The layer vocabulary of every command: ``"all"`` (or None) -> ``layer_names``, with
+        ``stage1..3`` in front when ``stages``; ``"trunk,head2"`` or a list of names -> those names,
+        checked. An unknown name or an empty selection is a one-line error naming the valid layers."""
+        if spec is None or spec == "all":
+            return list(self.all_layer_names if stages else self.layer_names)
+        names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
+        names = [n for n in names if n]
+        if not names:
+            raise RcdmVizError(f"no layers selected by {spec!r}")
+        self._check_names(names)
+        return names
+
+    def _check_names(self, names: Sequence[str]) -> None:
+        valid = self.all_layer_names
+        for name in names:
+            if name not in valid:
+                raise RcdmVizError(f"unknown layer '{name}'; this encoder has: {', '.join(valid)}")
+
     # --------------------------------------------------------------------------------------- forward
     def _resolve(self, layers: Sequence[str] | str | None) -> list[str]:
         if layers is None:
             return self.layer_names
         names = [layers] if isinstance(layers, str) else list(layers)
-        valid = self.all_layer_names
-        for name in names:
-            if name not in valid:
-                raise RcdmVizError(f"unknown layer {name!r}; this encoder has: {', '.join(valid)}")
+        self._check_names(names)
         return names
 
     def forward(self, x: Tensor, layers: Sequence[str] | str | None = None) -> dict[str, Tensor]:

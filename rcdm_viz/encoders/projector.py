@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -25,8 +25,7 @@ _LINEAR_RE = re.compile(r"linear:([1-9][0-9]*)")
 _STYLED_RE = re.compile(r"([a-z]+):(.*)")
 
 
-# (str, Enum) rather than StrEnum keeps Python 3.10 working, as resnet.Arch.
-class HeadStyle(str, Enum):  # noqa: UP042
+class HeadStyle(StrEnum):
     """Layer layout of an MLP projector (hidden layers, then the last layer), after each official code.
 
     vicreg: Linear -> BN -> ReLU; last Linear without bias (facebookresearch/vicreg ``Projector``).

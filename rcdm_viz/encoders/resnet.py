@@ -10,7 +10,7 @@ widths the trunk is exactly torchvision's ResNet-50 without ``fc`` (same state-d
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,7 @@ STAGE_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "trunk")
 _STAGE_MODULES: dict[str, str] = dict(zip(STAGE_NAMES, ("layer1", "layer2", "layer3", "layer4"), strict=True))
 
 
-# (str, Enum) rather than StrEnum keeps Python 3.10 working; members compare equal to their strings.
-class Arch(str, Enum):  # noqa: UP042
+class Arch(StrEnum):
     """Supported trunk architectures."""
 
     RESNET18 = "resnet18"

@@ -1,4 +1,4 @@
-"""Encoder invariance per layer x augmentation (DESIGN.md, "Invariance scores").
+"""Encoder invariance per layer x augmentation (docs/DESIGN.md, "Invariance scores").
 
     score(layer, a) = (E cos(h(x), h(a(x))) - E cos(h(x), h(x'))) / (1 - E cos(h(x), h(x')))
 
@@ -17,6 +17,7 @@ from torch.nn.functional import cosine_similarity
 
 from rcdm_viz.data.views import Augmentation, apply_augmentation, parse_augmentation
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.features import encode_batches
 
 
 def normalized_similarity(same: float, baseline: float) -> float:
@@ -31,21 +32,6 @@ def other_image_similarity(h: Tensor) -> float:
     total = hn.sum(0)
     pair_sum = float(total @ total) - float((hn * hn).sum())  # sum over i != j of cos(h_i, h_j)
     return pair_sum / (n * (n - 1))
-
-
-@torch.no_grad()
-def _encode(
-    encoder: nn.Module, x: Tensor, layers: Sequence[str] | None, batch_size: int
-) -> dict[str, Tensor]:
-    param = next(iter(encoder.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
-    parts: dict[str, list[Tensor]] = {}
-    for start in range(0, len(x), batch_size):
-        chunk = x[start : start + batch_size].to(device)
-        out = encoder(chunk) if layers is None else encoder(chunk, layers=list(layers))
-        for name, feats in out.items():
-            parts.setdefault(name, []).append(feats.float().flatten(1).cpu())
-    return {name: torch.cat(p) for name, p in parts.items()}
 
 
 def encoder_invariance(
@@ -69,12 +55,12 @@ def encoder_invariance(
     was_training = encoder.training
     encoder.eval()
     try:
-        clean = _encode(encoder, images, layers, batch_size)
+        clean = encode_batches(encoder, images, layers, batch_size)
         baseline = {name: other_image_similarity(h) for name, h in clean.items()}
         scores: dict[str, dict[str, float]] = {name: {} for name in clean}
         for aug in augs:
             gen = torch.Generator().manual_seed(seed)
-            moved = _encode(encoder, apply_augmentation(aug, images.float(), gen), layers, batch_size)
+            moved = encode_batches(encoder, apply_augmentation(aug, images.float(), gen), layers, batch_size)
             for name, h in clean.items():
                 same = float(cosine_similarity(h.double(), moved[name].double(), dim=1).mean())
                 scores[name][aug.value] = normalized_similarity(same, baseline[name])

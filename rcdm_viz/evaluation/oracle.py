@@ -1,6 +1,7 @@
 """The factor oracle: a small CNN that reads the synthetic scenes' latent factors back from pixels.
 
-Decoder scores use it to ask whether a sample kept a factor of its input (DESIGN.md, factor retention).
+Decoder scores use it to ask whether a sample kept a factor of its input (docs/DESIGN.md, "Invariance
+scores").
 It is trained once per run on the synthetic training split at the decoder's resolution and cached in
 ``<run>/oracle/`` (``config.json`` + ``model.safetensors``), with its own validation R² per factor so
 that a factor it cannot read is visible next to the retention scores.
@@ -147,7 +148,7 @@ def factor_error(pred: Tensor, target: Tensor) -> Tensor:
 def factor_retention(
     sample_pred: dict[str, Tensor], input_pred: dict[str, Tensor], other_pred: dict[str, Tensor]
 ) -> dict[str, float]:
-    """1 - err(oracle(sample), f(x)) / err(oracle(x'), f(x)) per factor (DESIGN.md).
+    """1 - err(oracle(sample), f(x)) / err(oracle(x'), f(x)) per factor (docs/DESIGN.md, "Invariance scores").
 
     ``sample_pred``: oracle readings of the samples of ONE input, name -> [n, w]; ``input_pred``: of the
     input x, name -> [1, w] (f(x) is the oracle's reading of x, so a decoder that returns its input

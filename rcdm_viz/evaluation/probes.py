@@ -3,79 +3,27 @@
 Per layer: linear classification probe (top-1), MLP probe, kNN accuracy, accuracy on binarized features
 (x > 0), sparsity (fraction of exact zeros), effective rank (RankMe) and, when the images have known
 factors, a ridge regression per factor (R², circular factors as sin/cos). Features of every layer come
-from ONE pass over the images and are cached in ``features/probe-<split>.safetensors``, keyed by the
-encoder's fingerprint and the image set.
+from ONE pass over the images and are cached in ``features/probe-<split>/<layer>.safetensors``
+(``rcdm_viz.features``), keyed by the encoder's fingerprint and the image set.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, ProbeConfig, ProbeSolver, to_dict
 from rcdm_viz.data.sources import ImageSet, load_images
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
+from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.invariance import encoder_invariance
+from rcdm_viz.features import binarize, cached_features
 from rcdm_viz.runs import RunDir, write_json
-
-# ---------------------------------------------------------------------------------------------- features
-
-
-@torch.inference_mode()
-def extract_features(
-    encoder: nn.Module, images: ImageSet, layers: Sequence[str], batch_size: int = 256, progress: bool = False
-) -> dict[str, Tensor]:
-    """Features of every named layer in ONE pass over the images (eval mode, no augmentation).
-
-    Returns layer -> float32 [N, D_layer] on the CPU.
-    """
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    chunks: dict[str, list[Tensor]] = {name: [] for name in layers}
-    n = len(images)
-    for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
-        idx = torch.arange(start, min(n, start + batch_size))
-        out = encoder(images.batch(idx).to(device), layers=list(layers))
-        for name in layers:
-            chunks[name].append(out[name].float().cpu())
-    return {name: torch.cat(parts) for name, parts in chunks.items()}
-
-
-def cached_probe_features(
-    encoder: nn.Module, images: ImageSet, layers: Sequence[str], path: Path, key: str, progress: bool = False
-) -> dict[str, Tensor]:
-    """All ``layers`` of ``images`` from the cache file ``path`` or from one fresh pass (then cached).
-
-    The file holds one float16 tensor per layer plus metadata (encoder fingerprint, image-set ``key``);
-    any mismatch (other encoder, other images, a layer missing) recomputes every layer in one pass.
-    Returns layer -> float32 [N, D].
-    """
-    meta = {"encoder": encoder.fingerprint(), "images": key, "n": str(len(images))}
-    path = Path(path)
-    if path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                if fh.metadata() == meta and set(layers) <= set(fh.keys()):
-                    return {name: fh.get_tensor(name).float() for name in layers}
-        except (OSError, ValueError, RuntimeError):  # torn or corrupt: recompute
-            pass
-    feats = extract_features(encoder, images, layers, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in feats.items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
-    # Return what the cache holds, so a first run and a cached run give identical numbers.
-    return {k: v.to(torch.float16).float() for k, v in feats.items()}
-
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -91,11 +39,10 @@ STD_FLOOR = 0.1  # no feature is scaled by less than this fraction of its layer'
 def _standardize(train_x: Tensor, test_x: Tensor) -> tuple[Tensor, Tensor]:
     """Scale features [N, D] by the training set's statistics (a linear change: the probe class is the same).
 
-    A ReLU unit active on no (or a handful of) training images has a std near 0: dividing by it made one
-    active validation image a 1e4-sigma input, and a probe that had used the unit to fit one training image
-    then predicted nonsense for it (seen: factor R² -2 at a head1 layer). Scales are floored at STD_FLOOR x
-    the layer's RMS std instead: such a unit stays a weak input for the fit and a rare activation an ordinary
-    outlier; units above the floor (all of them in a dense layer) are standardized as before.
+    Scales are floored at STD_FLOOR x the layer's RMS std, so that a unit (almost) never active on the
+    training images stays a weak input and a rare activation an ordinary outlier; units above the floor
+    (all of them in a dense layer) are standardized as usual (why: docs/RESULTS.md, "The std floor of the
+    probes' standardization").
     """
     mean, std = train_x.mean(0), train_x.std(0)
     floor = (STD_FLOOR * std.pow(2).mean().sqrt()).clamp_min(1e-12)
@@ -229,11 +176,6 @@ def knn_accuracy(
 def sparsity(x: Tensor) -> float:
     """Fraction of exactly-zero activations over all samples and dimensions (E/N Figure 7)."""
     return float((x == 0).float().mean())
-
-
-def binarize(x: Tensor) -> Tensor:
-    """E/N §4.3: every non-zero (x > 0) activation set to one, the rest to zero."""
-    return (x > 0).float()
 
 
 @torch.no_grad()
@@ -423,26 +365,9 @@ def format_table(results: dict[str, dict], chance: float | None = None) -> str:
 # ------------------------------------------------------------------------------------------ the run
 
 
-def select_layers(encoder: nn.Module, layers: str | Sequence[str] | None) -> list[str]:
-    """``None``/"all" -> every layer (stage1..3, trunk, heads); else the named ones, checked."""
-    valid = list(encoder.all_layer_names)
-    if layers is None or layers == "all":
-        return valid
-    names = [s.strip() for s in layers.split(",")] if isinstance(layers, str) else list(layers)
-    names = [n for n in names if n]
-    if not names:
-        raise RcdmVizError(f"no layers selected by {layers!r}")
-    for name in names:
-        if name not in valid:
-            raise RcdmVizError(f"unknown layer '{name}'; this encoder has: {', '.join(valid)}")
-    return names
-
-
 def _factor_info(images: ImageSet) -> tuple[dict[str, tuple[float, float]], tuple[str, ...]] | None:
     if not images.factors:
         return None
-    from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
-
     return FACTOR_RANGES, CIRCULAR
 
 
@@ -454,21 +379,17 @@ def probe_run(
     Returns {"layers": {layer: row}, "invariance": {layer: {aug: score}}, "chance", "n_train", "n_val",
     "encoder": fingerprint, "probe": the probe config}.
     """
-    from rcdm_viz.decoder.train import images_key
-    from rcdm_viz.encoders import load_encoder  # deferred: the probe maths above needs no model code
-    from rcdm_viz.evaluation.invariance import encoder_invariance
-
     encoder = load_encoder(run.require_encoder())
-    names = select_layers(encoder, layers)
+    names = encoder.select_layers(layers, stages=True)
     res = encoder.config["resolution"]
     n_train = cfg.probe.n_train or cfg.data.n_train
     train = load_images(cfg.data, "train", n=n_train, resolution=res, progress=progress)
     val = load_images(cfg.data, "val", resolution=res, progress=progress)
     feats = {}
     for split, images in (("train", train), ("val", val)):
-        key = images_key(cfg.data, split, len(images), res)
-        path = run.features / f"probe-{split}.safetensors"
-        feats[split] = cached_probe_features(encoder, images, encoder.all_layer_names, path, key, progress)
+        cached = cached_features(encoder, images, encoder.all_layer_names, run.features / f"probe-{split}",
+                                 progress=progress)
+        feats[split] = {name: f.float() for name, f in cached.items()}
     train_t = val_t = None
     if (info := _factor_info(train)) is not None and val.factors is not None:
         train_t = factor_targets(train.factors, *info)

@@ -1,6 +1,6 @@
 """Decoder scores per layer, from the n samples a layer's decoder drew for one input image.
 
-DESIGN.md, "Invariance scores": diversity (mean pairwise perceptual distance between samples), fidelity
+docs/DESIGN.md, "Invariance scores": diversity (mean pairwise perceptual distance between samples), fidelity
 (mean perceptual distance between each sample and the input x), representation consistency (normalized
 cosine between h(sample) and h(x)), retrieval top-1 (is x the nearest neighbour of h(sample) among x and
 a gallery of other images) and, with a factor oracle, factor retention per factor. The perceptual distance
@@ -27,6 +27,7 @@ from rcdm_viz.decoder.grids import fit
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.invariance import normalized_similarity
 from rcdm_viz.evaluation.oracle import FactorOracle, factor_retention, load_or_train_oracle
+from rcdm_viz.features import encode_batches
 from rcdm_viz.runs import RunDir
 
 ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1 file name
@@ -126,16 +127,10 @@ class Gallery:
         return (~same).nonzero().squeeze(1)
 
 
-@torch.no_grad()
 def encode(encoder: nn.Module, images: Tensor, layers: list[str], batch_size: int = 256) -> dict[str, Tensor]:
     """Representations of images [N, 3, h, w] (any size: fitted to the encoder's input side) per layer."""
     res = encoder.config["resolution"]
-    out: dict[str, list[Tensor]] = {name: [] for name in layers}
-    for start in range(0, len(images), batch_size):
-        chunk = fit(images[start : start + batch_size], res)
-        for name, h in encoder(chunk, layers=layers).items():
-            out[name].append(h.float())
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return encode_batches(encoder, images, layers, batch_size, prepare=lambda chunk: fit(chunk, res))
 
 
 def build_gallery(

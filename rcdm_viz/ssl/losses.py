@@ -1,4 +1,4 @@
-"""SSL losses: pure functions on the embeddings of two views (DESIGN.md "SSL losses").
+"""SSL losses: pure functions on the embeddings of two views (docs/DESIGN.md, "Definitions", SSL losses).
 
 Every loss takes two batches ``[N, K]`` (row i of each is a view of the same image) and returns a scalar.
 The formulas follow the official implementations of SimCLR (NT-Xent), VICReg (Bardes et al., 2022,

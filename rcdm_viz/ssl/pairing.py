@@ -13,9 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rcdm_viz.data.sources import ImageSet
+from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.features import encode_batches
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.methods import Pairing
-from rcdm_viz.training import generator_for
 
 PairFn = Callable[[Tensor, int], Tensor]
 
@@ -53,19 +55,12 @@ def nearest_neighbours(features: Tensor, chunk: int = 4096) -> Tensor:
     return out
 
 
-@torch.no_grad()
 def trunk_features(bundle: str, images: ImageSet, device: torch.device, batch_size: int = 256) -> Tensor:
     """Trunk features [N, D] of every image under the encoder bundle at ``bundle`` (eval mode)."""
-    from rcdm_viz.encoders import load_encoder
-
     if not bundle:
         raise RcdmVizError("method 'simclr_neighbour' needs ssl.reference_encoder (an encoder bundle path)")
     encoder = load_encoder(bundle).to(device)
-    feats = []
-    for start in range(0, len(images), batch_size):
-        batch = images.batch(torch.arange(start, min(start + batch_size, len(images)))).to(device)
-        feats.append(encoder(batch, ["trunk"])["trunk"].cpu())
-    return torch.cat(feats)
+    return encode_batches(encoder, images, ["trunk"], batch_size)["trunk"]
 
 
 def make_pairing(

@@ -25,13 +25,13 @@ from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder, build_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import ALL_SECTIONS, MetricsLog, RunDir, record_config
+from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.batchnorm import convert_global_batchnorm
 from rcdm_viz.ssl.methods import Embedded, MethodSpec, byol_momentum, get_method
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.pairing import PairFn, make_pairing
 from rcdm_viz.training import (
     batch_indices,
-    generator_for,
     load_latest_checkpoint,
     make_accelerator,
     save_checkpoint,

@@ -1,0 +1,242 @@
+"""Sampling a run's decoders into ``samples/<image-id>/``: encode an image, sample each layer's decoder,
+write the layer grid, one strip per layer, meta.json and (optionally) scores.json."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from rcdm_viz.config import Config, SampleConfig
+from rcdm_viz.data.sources import load_images
+from rcdm_viz.decoder.grids import (
+    fit,
+    image_id,
+    interpolation_grid,
+    png_bytes,
+    read_image,
+    sample_grid,
+    tensor_to_pil,
+)
+from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
+from rcdm_viz.decoder.sampling import sample
+from rcdm_viz.encoders import Encoder, load_encoder
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.report import decoder_scores
+from rcdm_viz.evaluation.scores import build_gallery, score_image
+from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
+
+
+def _check_decoder(decoder: RCDMDecoder, path: Path, layer: str, encoder: Encoder, fingerprint: str) -> None:
+    """One-line errors when the decoder at ``path`` was not trained on ``encoder``'s ``layer``."""
+    if layer not in decoder.layers:
+        raise RcdmVizError(f"the decoder '{path}' has no layer '{layer}' (it has {decoder.layers})")
+    want, have = encoder.layer_dims[layer], decoder.config.layer_dims[layer]
+    if have != want:
+        raise RcdmVizError(
+            f"decoder '{path}' expects {have}-d representations of '{layer}' but the encoder gives {want}"
+        )
+    trained_on = decoder.config.encoder_fingerprint
+    if trained_on is not None and trained_on != fingerprint:
+        raise RcdmVizError(
+            f"decoder '{path}' was trained on encoder {trained_on}, not on this run's encoder {fingerprint}; "
+            "retrain it with `rcdm-viz train-decoder`"
+        )
+
+
+def load_decoders(run: RunDir, layers: Sequence[str], encoder: Encoder) -> dict[str, RCDMDecoder]:
+    """The run's decoder for each layer (``decoders/<layer>/``, else the shared ``decoders/all/``), checked
+    against the encoder they must match.  Layers served by the same decoder share one object."""
+    fingerprint = encoder.fingerprint()
+    loaded: dict[Path, RCDMDecoder] = {}
+    decoders: dict[str, RCDMDecoder] = {}
+    for layer in layers:
+        path = run.decoder_for(layer)
+        if path is None:
+            raise RcdmVizError(
+                f"no decoder for layer '{layer}' in '{run.root}'; run `rcdm-viz train-decoder --layer "
+                f"{layer}` (or `--layer all`) first"
+            )
+        if path not in loaded:
+            loaded[path] = load_decoder(path)
+        decoders[layer] = loaded[path]
+        _check_decoder(decoders[layer], path, layer, encoder, fingerprint)
+    return decoders
+
+
+def layer_notes(run: RunDir, scores: dict | None = None) -> dict[str, str]:
+    """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``) and
+    representation consistency of the decoder's samples (from ``scores``, one image's ``scores.json``;
+    else the mean over the run's ``samples/*/scores.json``), e.g. "acc 91%\ncons 0.83"."""
+    notes: dict[str, list[str]] = {}
+    if run.probes.is_file():
+        for name, row in read_json(run.probes).get("layers", {}).items():
+            if "linear_acc" in row:
+                notes.setdefault(name, []).append(f"acc {100 * row['linear_acc']:.0f}%")
+    if scores is None:
+        per_layer = decoder_scores(run)[0]
+    else:
+        per_layer = scores.get("layers", {})
+    for name, row in per_layer.items():
+        if row.get("consistency") is not None and math.isfinite(row["consistency"]):
+            notes.setdefault(name, []).append(f"cons {row['consistency']:.2f}")
+    return {name: "\n".join(lines) for name, lines in notes.items()}
+
+
+@torch.inference_mode()
+def sample_layers(
+    encoder: Encoder,
+    decoders: dict[str, RCDMDecoder],
+    image: Tensor,
+    cfg: SampleConfig,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """For one image [3,H,W] in [0,1]: layer -> n samples [n,3,h,w] decoded from its representation."""
+    res = encoder.config["resolution"]
+    reps = encoder(fit(image, res)[None], layers=list(decoders))
+    return {layer: _sample_with(dec, reps[layer], layer, cfg, progress)[0] for layer, dec in decoders.items()}
+
+
+def _sample_with(dec: RCDMDecoder, reps: Tensor, layer: str, cfg: SampleConfig, progress: bool) -> Tensor:
+    """``sample`` with every setting taken from ``cfg``: reps [m,D] -> [m,n,3,h,w]."""
+    return sample(
+        dec,
+        reps,
+        n=cfg.n,
+        steps=cfg.steps,
+        sampler=cfg.sampler.value,
+        guidance=cfg.guidance,
+        seed=cfg.seed,
+        layer=layer,
+        batch_size=cfg.batch_size,
+        progress=progress,
+    )
+
+
+@torch.inference_mode()
+def interpolate_layers(
+    encoder: Encoder,
+    decoders: dict[str, RCDMDecoder],
+    image_a: Tensor,
+    image_b: Tensor,
+    columns: int,
+    cfg: SampleConfig,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Decode linear interpolations between two images' representations.
+
+    Column c decodes h_c = (1 - a_c) h(A) + a_c h(B), a_c = c / (columns - 1); sample j of every column
+    starts from the same noise (seeded by (seed, j)), so a row shows only what the representation changes.
+    image_a, image_b: [3,H,W] in [0,1].  Returns layer -> [n, columns, 3, h, w].
+    """
+    if columns < 2:
+        raise RcdmVizError(f"--interpolate needs at least 2 columns, got {columns}")
+    res = encoder.config["resolution"]
+    reps = encoder(torch.stack([fit(image_a, res), fit(image_b, res)]), layers=list(decoders))
+    alpha = torch.linspace(0, 1, columns).unsqueeze(1)
+    rows = {}
+    for layer, dec in decoders.items():
+        h = (1 - alpha) * reps[layer][0].float() + alpha * reps[layer][1].float()  # [columns, D]
+        rows[layer] = _sample_with(dec, h, layer, cfg, progress).transpose(0, 1)
+    return rows
+
+
+def write_interpolation_dir(
+    out_dir: Path, image_a: Tensor, image_b: Tensor, rows: dict[str, Tensor], cfg: SampleConfig
+) -> Path:
+    """Write grid.png (rows = layer x sample, columns = A, interpolations, B) and meta.json."""
+    res = next(iter(rows.values())).shape[-1]
+    grid = interpolation_grid(fit(image_a, res), fit(image_b, res), rows, scale=max(1, 64 // res))
+    atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
+    columns = next(iter(rows.values())).shape[1]
+    meta = _sampling_meta(rows, cfg, res)
+    meta.update(columns=columns, alpha=torch.linspace(0, 1, columns).tolist())
+    write_json(out_dir / "meta.json", meta)
+    return out_dir / "grid.png"
+
+
+def write_sample_dir(
+    out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig
+) -> Path:
+    """Write grid.png, one strip per layer and meta.json into ``out_dir``; returns the grid's path."""
+    res = next(iter(rows.values())).shape[-1]
+    shown = fit(image, res)
+    grid = sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))
+    atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
+    atomic_write_bytes(out_dir / "input.png", png_bytes(tensor_to_pil(shown)))
+    for layer, samples in rows.items():
+        atomic_write_bytes(
+            out_dir / f"{layer}.png",
+            png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
+        )
+    write_json(out_dir / "meta.json", _sampling_meta(rows, cfg, res))
+    return out_dir / "grid.png"
+
+
+def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) -> dict:
+    """What a grid's meta.json records: its layers and every setting that decides its pixels."""
+    return {
+        "layers": list(rows),
+        "n": cfg.n,
+        "sampler": cfg.sampler.value,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "seed": cfg.seed,
+        "resolution": resolution,
+    }
+
+
+def sample_heldout(cfg: Config, run: RunDir, layers: list[str], progress: bool = True) -> list[Path]:
+    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-XXXXX/``)."""
+    encoder = load_encoder(run.require_encoder())
+    decoders = load_decoders(run, layers, encoder)
+    res = max(cfg.decoder.resolution, encoder.config["resolution"])
+    val = load_images(cfg.data, "val", n=cfg.quickstart.n_images, resolution=res, progress=False)
+    notes = layer_notes(run)
+    paths = []
+    for i in range(len(val)):
+        image = val.batch(torch.tensor([i]))[0]
+        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
+        paths.append(write_sample_dir(run.samples(f"val-{i:05d}"), image, rows, notes, cfg.sample))
+    return paths
+
+
+def sample_images(
+    cfg: Config,
+    run: RunDir,
+    images: Sequence[str],
+    layers: str,
+    progress: bool = False,
+    interpolate: int | None = None,
+    scores: bool = False,
+) -> list[Path]:
+    """``rcdm-viz sample``: the layer grid of every image file (with ``scores``, scores.json too), or with
+    ``interpolate`` K the interpolation grid between exactly two images; returns the grids' paths."""
+    if interpolate is not None and len(images) != 2:
+        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(images)}")
+    inputs = [(path, read_image(path)) for path in images]  # all unreadable files fail before sampling
+    encoder = load_encoder(run.require_encoder())
+    decoders = load_decoders(run, encoder.select_layers(layers), encoder)
+    if interpolate is not None:
+        (path_a, a), (path_b, b) = inputs
+        rows = interpolate_layers(encoder, decoders, a, b, interpolate, cfg.sample, progress=progress)
+        out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
+        return [write_interpolation_dir(out, a, b, rows, cfg.sample)]
+    gallery = None
+    if scores:
+        side = next(iter(decoders.values())).config.resolution
+        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
+    paths = []
+    for path, image in inputs:
+        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
+        result = None
+        if gallery is not None:
+            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
+            write_json(run.samples(image_id(path)) / "scores.json", result)
+        notes = layer_notes(run, result)
+        paths.append(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
+    return paths
