@@ -26,12 +26,12 @@ import torch
 
 from rcdm_viz.config import Config, load_config
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.grids import sample_layers
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.train import make_decoder_step, training_batch, training_data
 from rcdm_viz.encoders import Encoder
 from rcdm_viz.evaluation.scores import build_gallery, score_image
 from rcdm_viz.runs import RunDir
+from rcdm_viz.sample_run import sample_layers
 from rcdm_viz.ssl.train import train_encoder
 
 LAYER = "trunk"

@@ -20,7 +20,7 @@ from rcdm_viz.config import DataSource
 from rcdm_viz.data.sources import ImageSet, to_uint8
 from rcdm_viz.data.synthetic import FACTOR_RANGES, FACTORS, render
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.training import generator_for
+from rcdm_viz.seeding import generator_for
 
 
 def check_redraw_factors(names: Sequence[str], source: DataSource) -> tuple[str, ...]:
