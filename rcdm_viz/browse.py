@@ -563,11 +563,14 @@ def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
 
 
 def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-    """Grid row notes (``sample_run.layer_notes``: probe accuracy, and representation consistency from one
-    image's per-layer ``scores`` or else the run's mean); {} when those files are unreadable."""
+    """Grid row notes (``sample_run.layer_notes``: probe accuracy, retention of the factors the run's SSL
+    views redrew, and representation consistency, from one image's per-layer ``scores`` or else the run's
+    mean); {} when those files are unreadable."""
     from rcdm_viz.sample_run import layer_notes  # deferred: run views load without torch
 
+    redrawn = (read_config(run, []).get("views") or {}).get("redraw_factors") or ()
+    redrawn = [redrawn] if isinstance(redrawn, str) else redrawn
     try:
-        return layer_notes(run, None if scores is None else {"layers": scores})
+        return layer_notes(run, None if scores is None else {"layers": scores}, tuple(map(str, redrawn)))
     except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError):
         return {}

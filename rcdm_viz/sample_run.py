@@ -68,20 +68,22 @@ def load_decoders(run: RunDir, layers: Sequence[str], encoder: Encoder) -> dict[
     return decoders
 
 
-def layer_notes(run: RunDir, scores: dict | None = None) -> dict[str, str]:
-    """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``) and
-    representation consistency of the decoder's samples (from ``scores``, one image's ``scores.json``;
-    else the mean over the run's ``samples/*/scores.json``), e.g. "acc 91%\ncons 0.83"."""
+def layer_notes(run: RunDir, scores: dict | None = None, factors: Sequence[str] = ()) -> dict[str, str]:
+    """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``), the
+    decoder samples' retention of each of ``factors`` (the factors the SSL views redrew) and their
+    representation consistency, from ``scores`` (one image's ``scores.json``; else the mean over the run's
+    ``samples/*/scores.json``), e.g. "acc 91%\nfloor hue kept 0.82\ncons 0.83"."""
     notes: dict[str, list[str]] = {}
     if run.probes.is_file():
         for name, row in read_json(run.probes).get("layers", {}).items():
             if "linear_acc" in row:
                 notes.setdefault(name, []).append(f"acc {100 * row['linear_acc']:.0f}%")
-    if scores is None:
-        per_layer = decoder_scores(run)[0]
-    else:
-        per_layer = scores.get("layers", {})
+    per_layer = decoder_scores(run)[0] if scores is None else scores.get("layers", {})
     for name, row in per_layer.items():
+        kept = row.get("factor_retention") or {}
+        for factor in factors:
+            if factor in kept and math.isfinite(kept[factor]):
+                notes.setdefault(name, []).append(f"{factor.replace('_', ' ')} kept {kept[factor]:.2f}")
         if row.get("consistency") is not None and math.isfinite(row["consistency"]):
             notes.setdefault(name, []).append(f"cons {row['consistency']:.2f}")
     return {name: "\n".join(lines) for name, lines in notes.items()}
@@ -190,18 +192,28 @@ def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) 
     }
 
 
-def sample_heldout(cfg: Config, run: RunDir, layers: list[str], progress: bool = True) -> list[Path]:
-    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-XXXXX/``)."""
+def sample_heldout(
+    cfg: Config, run: RunDir, layers: list[str], progress: bool = True, scores: bool = True
+) -> list[Path]:
+    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-XXXXX/``), each scored
+    (``scores.json``) and labelled with its own scores unless ``scores`` is False."""
     encoder = load_encoder(run.require_encoder())
     decoders = load_decoders(run, layers, encoder)
     res = max(cfg.decoder.resolution, encoder.config["resolution"])
     val = load_images(cfg.data, "val", n=cfg.quickstart.n_images, resolution=res, progress=False)
-    notes = layer_notes(run)
+    side = next(iter(decoders.values())).config.resolution
+    gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress) if scores else None
     paths = []
     for i in range(len(val)):
         image = val.batch(torch.tensor([i]))[0]
+        out = run.samples(f"val-{i:05d}")
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        paths.append(write_sample_dir(run.samples(f"val-{i:05d}"), image, rows, notes, cfg.sample))
+        result = None
+        if gallery is not None:
+            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
+            write_json(out / "scores.json", result)
+        notes = layer_notes(run, result, cfg.views.redraw_factors)
+        paths.append(write_sample_dir(out, image, rows, notes, cfg.sample))
     return paths
 
 
@@ -237,6 +249,6 @@ def sample_images(
         if gallery is not None:
             result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
             write_json(run.samples(image_id(path)) / "scores.json", result)
-        notes = layer_notes(run, result)
+        notes = layer_notes(run, result, cfg.views.redraw_factors)
         paths.append(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
     return paths

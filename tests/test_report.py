@@ -92,7 +92,11 @@ def test_sample_scores_report_and_notes(tiny_run, tmp_path, capsys):
     trunk = scores["layers"]["trunk"]
     assert {"fidelity", "diversity", "consistency", "retrieval_top1", "factor_retention"} <= set(trunk)
     notes = layer_notes(run)
-    assert notes["trunk"].startswith("acc ") and "cons " in notes["trunk"]
+    assert notes["trunk"].startswith("acc ") and "cons " in notes["trunk"] and " kept " not in notes["trunk"]
+    # the factors the SSL views redrew are named with their retention in this image's samples
+    notes = layer_notes(run, scores, ["floor_hue", "spot_hue"])
+    kept = trunk["factor_retention"]
+    assert f"floor hue kept {kept['floor_hue']:.2f}\nspot hue kept {kept['spot_hue']:.2f}" in notes["trunk"]
 
     assert main(["report", "--run", str(run.root), "--no-progress"]) == 0
     for name in ("layers.csv", "layers.json", "probe_accuracy.png", "factor_r2.png", "invariance.png",

@@ -7,7 +7,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from rcdm_viz.config import SamplerName as Sampler
-from rcdm_viz.decoder.grids import GRID_GAP
+from rcdm_viz.decoder.grids import GRID_GAP, colour_map, tensor_to_pil, variance_map
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.sampling import SAMPLERS, make_sampler, sample, sample_grid, sample_seed
 from rcdm_viz.decoder.schedule import make_noise_scheduler
@@ -177,6 +177,27 @@ def test_sample_grid_layout():
     assert taller.height - grid.height == cell + GRID_GAP and taller.width == grid.width
     with pytest.raises(RcdmVizError, match="'head1'"):
         sample_grid(image, {"head1": torch.zeros(2, 3, RES + 1, RES)})
+
+
+def test_variance_map_is_the_per_pixel_std_over_samples():
+    samples = torch.stack([solid((0.2, 0.2, 0.2)), solid((0.4, 0.4, 0.4))])
+    assert torch.allclose(variance_map(samples), torch.full((RES, RES), 0.1))
+    assert torch.equal(variance_map(samples[:1]), torch.zeros(RES, RES))  # one sample: nothing varies
+
+
+def test_grid_rows_end_with_variance_maps_on_one_scale():
+    scale, cell = 2, RES * 2
+    image = solid((1.0, 0.0, 0.0))
+    varying = torch.stack([solid((0.0, 0.0, 1.0)), solid((0.0, 0.5, 1.0))])
+    rows = {"trunk": solid((0.0, 0.0, 1.0), 2), "head3": varying}
+    grid = sample_grid(image, rows, scale=scale)
+    # one colour scale for the grid: the agreeing row at its bottom, the varying row at its top
+    low = tuple(tensor_to_pil(colour_map(torch.zeros(1, 1), 1.0)).getpixel((0, 0)))
+    high = tuple(tensor_to_pil(colour_map(torch.ones(1, 1), 1.0)).getpixel((0, 0)))
+    assert count(grid, low) == cell * cell and count(grid, high) == cell * cell
+    plain = sample_grid(image, rows, scale=scale, variance=False)
+    assert grid.width - plain.width >= cell + GRID_GAP and grid.height == plain.height
+    assert count(plain, low) == 0
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """Images in and out, and the grids drawn from them: read and fit an input image, encode PNGs, and draw
-the layer grid (rows = layers, column 0 = the input) and the interpolation grid."""
+the layer grid (rows = layers, column 0 = the input, the last column each row's variance map) and the
+interpolation grid."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from pathlib import Path
 
 import torch
+from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
@@ -84,17 +86,37 @@ def _check_grid_inputs(image: torch.Tensor, rows: dict[str, torch.Tensor], scale
             )
 
 
+VARIANCE_CMAP = "magma"  # perceptually uniform, dark = the samples agree, bright = they differ
+
+
+def variance_map(samples: Tensor) -> Tensor:
+    """Where a layer's samples vary (docs/DESIGN.md "Variance map"): the per-pixel standard deviation over
+    the samples [n, 3, H, W], averaged over RGB -> [H, W] (zeros for a single sample)."""
+    if samples.shape[0] < 2:
+        return torch.zeros(samples.shape[-2:])
+    return samples.float().std(dim=0, unbiased=False).mean(dim=0)
+
+
+def colour_map(values: Tensor, vmax: float) -> Tensor:
+    """values [H, W] >= 0 drawn on the colour scale [0, vmax] -> RGB [3, H, W] in [0, 1]."""
+    rgba = colormaps[VARIANCE_CMAP]((values / max(vmax, 1e-6)).clamp(0, 1).cpu().numpy())
+    return torch.from_numpy(rgba[..., :3]).permute(2, 0, 1).float()
+
+
 def sample_grid(
     image: torch.Tensor,
     rows: dict[str, torch.Tensor],
     notes: dict[str, str] | None = None,
     scale: int = 2,
+    variance: bool = True,
 ) -> Image.Image:
     """The layer grid: one row per entry of ``rows`` (layer -> samples [n, 3, H, W] in [0, 1]), in order.
 
     Column 0 repeats the input ``image`` [3, H, W]; the samples follow after a wider gap.  A left margin
-    holds the row label (the layer name, and ``notes[layer]`` under it, e.g. "acc 0.91"); a header names
-    the "input" and "samples" columns.  Cells are upscaled ``scale``x by nearest neighbour.
+    holds the row label (the layer name, and ``notes[layer]`` under it, e.g. "acc 91%"); a header names
+    the columns.  With ``variance``, each row ends with its variance map, every row on one colour scale
+    [0, the grid's largest value] (named in the header), so that rows compare at a glance.  Cells are
+    upscaled ``scale``x by nearest neighbour.
     """
     _check_grid_inputs(image, rows, scale)
     notes = notes or {}
@@ -112,12 +134,18 @@ def sample_grid(
     cell_h, cell_w = image.shape[1] * scale, image.shape[2] * scale
     n_max = max(s.shape[0] for s in rows.values())
     x_samples = label_w + cell_w + GRID_INPUT_GAP
-    width = x_samples + n_max * cell_w + (n_max - 1) * GRID_GAP
+    x_std = x_samples + n_max * cell_w + (n_max - 1) * GRID_GAP + GRID_INPUT_GAP
+    maps = {name: variance_map(samples) for name, samples in rows.items()} if variance else {}
+    vmax = max((float(m.max()) for m in maps.values()), default=0.0)
+    std_title = f"std 0-{vmax:.2f}"
+    width = x_std + max(cell_w, text_size(std_title)[0]) if variance else x_std - GRID_INPUT_GAP
     height = header_h + len(rows) * cell_h + (len(rows) - 1) * GRID_GAP
     grid = Image.new("RGB", (width, height), _WHITE)
     draw = ImageDraw.Draw(grid)
     draw.text((label_w, GRID_PAD), "input", fill=_TEXT, font=font)
     draw.text((x_samples, GRID_PAD), "samples", fill=_TEXT, font=font)
+    if variance:
+        draw.text((x_std, GRID_PAD), std_title, fill=_TEXT, font=font)
     shown = tensor_to_pil(image, scale)
     for r, (name, samples) in enumerate(rows.items()):
         y = header_h + r * (cell_h + GRID_GAP)
@@ -127,6 +155,8 @@ def sample_grid(
         grid.paste(shown, (label_w, y))
         for j, one in enumerate(samples):
             grid.paste(tensor_to_pil(one, scale), (x_samples + j * (cell_w + GRID_GAP), y))
+        if variance:
+            grid.paste(tensor_to_pil(colour_map(maps[name], vmax), scale), (x_std, y))
     return grid
 
 
