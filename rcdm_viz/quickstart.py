@@ -11,8 +11,8 @@ from typing import Any
 from rcdm_viz.config import Config
 from rcdm_viz.decoder.train import train_decoder
 from rcdm_viz.evaluation.probes import format_table, probe_run
-from rcdm_viz.evaluation.report import report_run
-from rcdm_viz.runs import ALL_LAYERS, RunDir
+from rcdm_viz.evaluation.report import decoder_scores, report_run
+from rcdm_viz.runs import ALL_LAYERS, RunDir, read_metrics
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder
 
@@ -50,8 +50,35 @@ def quickstart(
     with _stage(timings, "report", say):
         report = report_run(run)
     say(f"report: {run.report} ({', '.join(report['plots'].values())})")
+    for line in retention_lines(run, cfg.views.redraw_factors, layers):
+        say(line)
     say("wall time per stage:")
     for name, secs in timings.items():
         say(f"  {name:<24} {secs:7.1f} s")
     say(f"  {'total':<24} {sum(timings.values()):7.1f} s")
+    say(machine_speed(run, ALL_LAYERS if cfg.quickstart.shared_decoder else layers[0]))
     return {"timings": timings, "probes": probes, "grids": grids}
+
+
+def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) -> list[str]:
+    """One line per redrawn factor: its mean retention in every layer's samples over the held-out grids."""
+    per_layer, info = decoder_scores(run)
+    lines = []
+    for factor in factors:
+        kept = [f"{name} {per_layer[name]['factor_retention'][factor]:.2f}" for name in layers
+                if factor in per_layer.get(name, {}).get("factor_retention", {})]
+        if kept:
+            name = factor.replace("_", " ")
+            n = len(info["images"])
+            lines.append(f"{name} kept in the samples (mean of {n} grids): {', '.join(kept)}")
+    return lines
+
+
+def machine_speed(run: RunDir, decoder: str) -> str:
+    """This machine's training throughput, to compare stage times across machines (docs/RESULTS.md)."""
+    def rate(path) -> str:
+        rates = sorted(r["images_per_s"] for r in read_metrics(path) if "images_per_s" in r)
+        return f"{rates[len(rates) // 2]:.0f} img/s" if rates else "n/a"
+
+    return (f"machine speed: encoder {rate(run.encoder_metrics)} (SSL views), "
+            f"decoder {rate(run.decoder(decoder) / 'metrics.jsonl')} (median of the logged rates)")
