@@ -146,7 +146,7 @@ def run_command(args: argparse.Namespace) -> int:
         train_encoder(cfg, run, resume=args.resume, progress=progress)
         print(f"encoder saved to {run.encoder}")
     elif args.command == "probe":
-        from rcdm_viz.evaluation.probes import format_table, probe_run  # deferred: start-up cost
+        from rcdm_viz.evaluation.probe_run import format_table, probe_run  # deferred: start-up cost
 
         result = probe_run(cfg, run, progress=progress, layers=args.layers)
         print(format_table(result["layers"], result["chance"]))

@@ -10,8 +10,9 @@ from typing import Any
 
 from rcdm_viz.config import Config
 from rcdm_viz.decoder.train import train_decoder
-from rcdm_viz.evaluation.probes import format_table, probe_run
-from rcdm_viz.evaluation.report import decoder_scores, report_run
+from rcdm_viz.evaluation.gather import decoder_scores
+from rcdm_viz.evaluation.probe_run import format_table, probe_run
+from rcdm_viz.evaluation.report import report_run
 from rcdm_viz.runs import ALL_LAYERS, RunDir, read_metrics
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder

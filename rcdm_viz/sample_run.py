@@ -26,7 +26,7 @@ from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
 from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.evaluation.report import decoder_scores
+from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
 from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
 

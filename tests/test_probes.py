@@ -10,13 +10,13 @@ import torch
 from rcdm_viz.cli import main
 from rcdm_viz.config import ProbeConfig, ProbeSolver
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.probe_run import probe_run
 from rcdm_viz.evaluation.probes import (
     factor_probe,
     factor_targets,
     knn_accuracy,
     linear_probe,
     mlp_probe,
-    probe_run,
     rankme,
     ridge_path,
     select_ridge,

@@ -14,7 +14,7 @@ from rcdm_viz.config import Distance, ScoresConfig
 from rcdm_viz.data.sources import load_images
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.oracle import train_oracle
-from rcdm_viz.evaluation.probes import probe_run
+from rcdm_viz.evaluation.probe_run import probe_run
 from rcdm_viz.evaluation.scores import Gallery, encode, resolve_distance, score_image
 from rcdm_viz.runs import RunDir, read_json
 from rcdm_viz.sample_run import layer_notes
@@ -141,7 +141,7 @@ def test_report_bad_input_is_one_line(tmp_path, capsys, argv, fragment):
 
 def test_width_plots_use_only_the_width_series():
     """Runs of another experiment at one width (e.g. GR positives) are not joined into E/N's width curve."""
-    from rcdm_viz.evaluation.report import _by_width
+    from rcdm_viz.evaluation.gather import by_width
 
     def run(name: str, width: int, method: str, head: str) -> dict:
         return {"run": name, "width": width, "method": method, "head": head,
@@ -149,13 +149,13 @@ def test_width_plots_use_only_the_width_series():
 
     series = [run(f"w{d}", d, "simclr", "1024-1024-1024") for d in (8192, 512, 2048)]
     others = [run("class", 512, "simclr_class", "512-512-512"), run("aug", 512, "simclr", "512-512-512")]
-    assert [s["run"] for s in _by_width(series + others)] == ["w512", "w2048", "w8192"]
-    assert _by_width([]) == []
+    assert [s["run"] for s in by_width(series + others)] == ["w512", "w2048", "w8192"]
+    assert by_width([]) == []
 
 
 def test_width_series_averages_seeds_and_gives_their_range():
     """Several seeds per width: one point per width at the mean, error bars reaching the extreme runs."""
-    from rcdm_viz.evaluation.report import width_series
+    from rcdm_viz.evaluation.gather import width_series
 
     pairs = ((2048, 0.30), (512, 0.20), (2048, 0.26), (512, 0.22), (512, 0.24))
     runs = [{"width": w, "acc": a} for w, a in pairs]

@@ -8,8 +8,10 @@ import random
 import pytest
 import torch
 
-from rcdm_viz.data import synthetic as syn
 from rcdm_viz.data.synthetic import FACTOR_RANGES, SyntheticScenes, render, render_rate, sample_factors
+from rcdm_viz.data.synthetic import factors as syn_factors
+from rcdm_viz.data.synthetic import renderer as syn_renderer
+from rcdm_viz.data.synthetic import shapes as syn_shapes
 from rcdm_viz.errors import RcdmVizError
 
 
@@ -36,8 +38,8 @@ def test_public_constants() -> None:
 def test_splitmix64_matches_python_reference() -> None:
     rng = random.Random(0)
     values = [0, 1, 2, (1 << 63) - 1, 12345678901234567] + [rng.getrandbits(64) for _ in range(200)]
-    got = syn.splitmix64(torch.tensor([syn._signed(v) for v in values], dtype=torch.int64))
-    want = [syn._signed(syn.splitmix64_int(v)) for v in values]
+    got = syn_factors.splitmix64(torch.tensor([syn_factors._signed(v) for v in values], dtype=torch.int64))
+    want = [syn_factors._signed(syn_factors.splitmix64_int(v)) for v in values]
     assert got.tolist() == want
 
 
@@ -64,7 +66,7 @@ def test_deterministic_alone_batched_and_across_instances(monkeypatch: pytest.Mo
         assert torch.equal(img, images[i]) and label == int(labels[i])
         assert fac == {k: float(v[i]) for k, v in factors.items()}
     assert torch.equal(ds[-1][0], images[39])
-    monkeypatch.setattr(syn, "_CHUNK_ELEMENTS", 1)  # one image per chunk: same pixels
+    monkeypatch.setattr(syn_renderer, "_CHUNK_ELEMENTS", 1)  # one image per chunk: same pixels
     assert torch.equal(ds.render_batch(torch.arange(40))[0], images)
     assert torch.equal(ds.labels, labels)
     assert all(torch.equal(ds.factors[k], factors[k]) for k in SyntheticScenes.FACTORS)
@@ -84,11 +86,11 @@ def test_culling_drops_no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     factors["spot_theta"][::2] = math.pi / 4  # long shadows: the hardest case for the shadow-ray test
     labels = torch.arange(6 * c) % c  # every shape
     traced: list[int] = []
-    pairs = syn._pairs
-    monkeypatch.setattr(syn, "_pairs", lambda mask: (traced.append(int(mask.sum())), pairs(mask))[1])
+    pairs = syn_renderer._pairs
+    monkeypatch.setattr(syn_renderer, "_pairs", lambda mask: (traced.append(int(mask.sum())), pairs(mask))[1])
     culled = render(factors, labels, 32)
     n_culled, traced[:] = sum(traced), []
-    monkeypatch.setattr(syn, "_CULL_MARGIN", 1e3)
+    monkeypatch.setattr(syn_renderer, "_CULL_MARGIN", 1e3)
     assert torch.equal(render(factors, labels, 32), culled)
     assert n_culled < 0.5 * sum(traced)
 
@@ -121,7 +123,7 @@ def test_factor_ranges_uniform_and_all_classes_appear() -> None:
         assert abs(float(v.std()) - span / math.sqrt(12)) < 0.03 * span, k  # uniform, not clumped
     edge = sample_factors(torch.arange(3), seed=5)[1]
     for k, (lo, hi) in FACTOR_RANGES.items():  # float32 rounding never leaves the range
-        assert syn._float32_inside(lo, hi)[0] >= lo and syn._float32_inside(lo, hi)[1] <= hi
+        assert syn_factors._float32_inside(lo, hi)[0] >= lo and syn_factors._float32_inside(lo, hi)[1] <= hi
         assert bool(((edge[k].double() >= lo) & (edge[k].double() <= hi)).all())
     counts = torch.bincount(ds.labels, minlength=len(SyntheticScenes.SHAPES))
     assert counts.numel() == len(SyntheticScenes.SHAPES) and int(counts.min()) > 2000 / len(counts) * 0.7
@@ -183,17 +185,18 @@ def test_light_position_is_visible_through_the_shadow() -> None:
     assert bool((west[:, :, right].mean(dim=(1, 2)) < east[:, :, right].mean(dim=(1, 2))).all())
 
 
-def _inside(shape: syn.Shape, p: torch.Tensor) -> torch.Tensor:
+def _inside(shape: syn_shapes.Shape, p: torch.Tensor) -> torch.Tensor:
     """Brute-force membership of points p [M, 3] in a shape (written independently of the ray code)."""
     x, y, z = p.unbind(-1)
     rho = torch.sqrt(x * x + y * y)
-    if shape == syn.Shape.CYLINDER:
-        return (rho <= syn._CYL_R) & (z.abs() <= syn._CYL_H)
-    if shape == syn.Shape.CONE:
-        return (z.abs() <= syn._CONE_H) & (rho <= syn._CONE_R * (syn._CONE_H - z) / (2 * syn._CONE_H))
-    if shape == syn.Shape.CAPSULE:
-        dz = z - z.clamp(-syn._CAP_H, syn._CAP_H)
-        return rho * rho + dz * dz <= syn._CAP_R**2
+    if shape == syn_shapes.Shape.CYLINDER:
+        return (rho <= syn_shapes._CYL_R) & (z.abs() <= syn_shapes._CYL_H)
+    if shape == syn_shapes.Shape.CONE:
+        h, r = syn_shapes._CONE_H, syn_shapes._CONE_R
+        return (z.abs() <= h) & (rho <= r * (h - z) / (2 * h))
+    if shape == syn_shapes.Shape.CAPSULE:
+        dz = z - z.clamp(-syn_shapes._CAP_H, syn_shapes._CAP_H)
+        return rho * rho + dz * dz <= syn_shapes._CAP_R**2
     poly = _POLYS[shape]
     ok = torch.ones_like(x, dtype=torch.bool)
     for n, s in poly.slabs:
@@ -203,17 +206,17 @@ def _inside(shape: syn.Shape, p: torch.Tensor) -> torch.Tensor:
     return ok
 
 
-_POLYS = syn._POLYTOPES
+_POLYS = syn_shapes._POLYTOPES
 
 
-@pytest.mark.parametrize("shape", list(syn.Shape))
-def test_ray_intervals_match_brute_force_marching(shape: syn.Shape) -> None:
+@pytest.mark.parametrize("shape", list(syn_shapes.Shape))
+def test_ray_intervals_match_brute_force_marching(shape: syn_shapes.Shape) -> None:
     g = torch.Generator().manual_seed(0)
     m, steps, t_max = 300, 4000, 6.0
     o = torch.nn.functional.normalize(torch.randn(m, 3, generator=g), dim=1) * 3.0
     d = torch.rand(m, 3, generator=g) * 1.6 - 0.8 - o
     d = d / d.norm(dim=1, keepdim=True)
-    ops = syn._SHAPE_OPS[shape]
+    ops = syn_shapes.SHAPE_OPS[shape]
     enter, exit_ = ops.interval(tuple(o.T), tuple(d.T))
     hit = enter < exit_
     t = torch.linspace(0, t_max, steps)
@@ -234,14 +237,14 @@ def test_ray_intervals_match_brute_force_marching(shape: syn.Shape) -> None:
     assert bool(((nrm * d[sel]).sum(dim=1) < 1e-4).all())  # outward: faces the incoming ray
 
 
-@pytest.mark.parametrize("shape", list(syn.Shape))
-def test_support_function_rests_the_object_on_the_floor(shape: syn.Shape) -> None:
+@pytest.mark.parametrize("shape", list(syn_shapes.Shape))
+def test_support_function_rests_the_object_on_the_floor(shape: syn_shapes.Shape) -> None:
     g = torch.Generator().manual_seed(1)
     pts = torch.rand(400_000, 3, generator=g, dtype=torch.float64) * 2.6 - 1.3
     pts = pts[_inside(shape, pts)]
-    assert float(pts.norm(dim=1).max()) <= syn._SHAPE_OPS[shape].radius <= syn._BOUND_RADIUS
+    assert float(pts.norm(dim=1).max()) <= syn_shapes.SHAPE_OPS[shape].radius <= syn_shapes.BOUND_RADIUS
     u = torch.nn.functional.normalize(torch.randn(64, 3, generator=g, dtype=torch.float64), dim=1)
-    h = syn._SHAPE_OPS[shape].support(u)
+    h = syn_shapes.SHAPE_OPS[shape].support(u)
     brute = (u @ pts.T).amax(dim=1)
     assert bool((h >= brute - 1e-9).all()) and float((h - brute).max()) < 0.1  # sampling misses corners
 

@@ -1,22 +1,15 @@
-"""Reading run directories for the browser (``app/streamlit_app.py``): all the app shows comes from here.
+"""Reading run directories for the browser: finding runs, summaries, curves, stored samples, the layer table.
 
-The app renders; this module finds runs under a runs root, resolves names given in the URL or the sidebar
-without ever leaving that root, and reads what a run holds so far. A run may be half-written (a training
-still in progress: metrics but no encoder yet, a decoder directory with only metrics.jsonl) or hold a
-corrupt file: readers then return what they could read plus a list of problems in words, never raise for
-what a run on disk looks like. Errors a user causes (a bad run name, a non-image upload) raise
-``RcdmVizError`` with a one-line message.
+A run may be half-written or hold a corrupt file: readers then return what they could read plus a list of
+problems in words, never raise for what a run on disk looks like.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import io
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +17,9 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from rcdm_viz.config import Config, SampleConfig, SamplerName, config_from_dict
+from rcdm_viz.config import Config, config_from_dict
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.evaluation.gather import flat_rows, gather_run
 from rcdm_viz.runs import RunDir, read_metrics
 
 RUNS_ENV = "RCDM_VIZ_RUNS"  # environment variable naming the runs root (`rcdm-viz app --runs DIR` sets it)
@@ -418,9 +412,7 @@ def compose_grid(view: SampleView, layers: Sequence[str], notes: dict[str, str] 
 
 
 def _flat(row: dict[str, Any]) -> dict[str, Any]:
-    """A per-layer row flattened as layers.csv is (``evaluation.report.flat_rows``: ``group/name``)."""
-    from rcdm_viz.evaluation.report import flat_rows  # deferred: run views load without torch
-
+    """A per-layer row flattened as layers.csv is (``evaluation.gather.flat_rows``: ``group/name``)."""
     flat = flat_rows({"layers": {"": row}})[0]
     flat.pop("layer")
     return flat
@@ -428,10 +420,8 @@ def _flat(row: dict[str, Any]) -> dict[str, Any]:
 
 def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per layer: report/layers.json, or without it the same table gathered now from
-    encoder/probes.json and samples/*/scores.json (``evaluation.report.gather_run``); and notes saying
+    encoder/probes.json and samples/*/scores.json (``evaluation.gather.gather_run``); and notes saying
     which sources are missing or unreadable."""
-    from rcdm_viz.evaluation.report import gather_run  # deferred: run views load without torch
-
     notes: list[str] = []
     if not run.probes.is_file():
         notes.append("encoder/probes.json is missing: run `rcdm-viz probe`")
@@ -456,121 +446,3 @@ def report_plots(run: RunDir) -> list[Path]:
     if not run.report.is_dir():
         return []
     return sorted(p for p in run.report.glob("*.png") if p.is_file())
-
-
-# ----------------------------------------------------------------------------------- live sampling
-
-
-def model_fingerprint(run: RunDir) -> str:
-    """A short hash of the size and mtime of the encoder bundle and every decoder's files: it changes
-    whenever a model is retrained, so caches keyed on it never serve samples of an older model."""
-    digest = hashlib.sha256(str(run.root).encode())
-    paths = [run.encoder / "config.json", run.encoder / "model.safetensors"]
-    if (run.root / "decoders").is_dir():
-        paths += sorted((run.root / "decoders").glob("*/*"))
-    for path in paths:
-        if path.is_file() and path.suffix in (".json", ".safetensors"):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(run.root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def decode_image(data: bytes, name: str = "upload") -> Any:
-    """Image bytes (PNG, JPEG, ...) -> float tensor [3,H,W] in [0,1], or a one-line error naming ``name``."""
-    from torchvision.transforms.functional import pil_to_tensor  # deferred: run views load without torch
-
-    if not data:
-        raise RcdmVizError(f"'{name}' is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return pil_to_tensor(img.convert("RGB")).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
-
-
-def synthetic_scene(cfg: Config, index: int, resolution: int) -> Any:
-    """Test-split scene ``index`` of the run's synthetic data (its data.seed), [3,r,r] in [0,1]."""
-    from rcdm_viz.data.synthetic import SyntheticScenes  # deferred: run views load without torch
-
-    if index < 0:
-        raise RcdmVizError(f"scene index must be >= 0, got {index}")
-    scenes = SyntheticScenes(index + 1, resolution=resolution, seed=cfg.data.seed, split="test")
-    return scenes.render_batch([index])[0][0]
-
-
-def scene_png(summary: RunSummary, index: int) -> bytes:
-    """PNG bytes of test scene ``index`` of the run's synthetic data, rendered at the larger of the decoder's
-    and the encoder's resolution (as quickstart's held-out grids)."""
-    from torchvision.transforms.functional import to_pil_image  # deferred: run views load without torch
-
-    from rcdm_viz.decoder.grids import png_bytes  # deferred: run views load without torch
-
-    cfg = run_config(summary)
-    encoder_res = int((summary.encoder or {}).get("resolution", cfg.data.resolution))
-    resolution = max(cfg.decoder.resolution, encoder_res)
-    return png_bytes(to_pil_image(synthetic_scene(cfg, index, resolution)))
-
-
-def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]]:
-    """The run's encoder and a decoder for each of ``layers`` (sample_run.load_decoders picks per-layer or
-    shared); a run without an encoder or a layer without a decoder is a one-line error."""
-    from rcdm_viz.encoders import load_encoder  # deferred: run views load without torch
-    from rcdm_viz.sample_run import load_decoders  # deferred: run views load without torch
-
-    encoder = load_encoder(run.require_encoder())
-    return encoder, load_decoders(run, encoder.select_layers(list(layers)), encoder)
-
-
-def sample_live(
-    encoder: Any,
-    decoders: dict[str, Any],
-    image: Any,
-    cfg: SampleConfig,
-    on_layer: Callable[[int, int, str], None] | None = None,
-) -> dict[str, Any]:
-    """``sample_run.sample_layers`` one layer at a time, calling ``on_layer(done, total, layer)`` after each,
-    so the page can show progress; returns layer -> samples [n,3,h,w] in [0,1]."""
-    from rcdm_viz.sample_run import sample_layers  # deferred: run views load without torch
-
-    rows = {}
-    for i, (layer, decoder) in enumerate(decoders.items()):
-        rows.update(sample_layers(encoder, {layer: decoder}, image, cfg))
-        if on_layer is not None:
-            on_layer(i + 1, len(decoders), layer)
-    return rows
-
-
-def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None = None) -> bytes:
-    """PNG of the layer grid of freshly drawn samples (the input fitted to the samples' resolution)."""
-    from rcdm_viz.decoder.grids import fit, png_bytes, sample_grid  # deferred: run views load without torch
-
-    res = next(iter(rows.values())).shape[-1]
-    return png_bytes(sample_grid(fit(image, res), rows, notes=notes, scale=max(1, 128 // res)))
-
-
-def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
-    """``base`` with the page's controls applied (n, steps, sampler, guidance, seed), checked."""
-    if "sampler" in changes:
-        try:
-            changes["sampler"] = SamplerName(changes["sampler"])
-        except ValueError:
-            names = ", ".join(s.value for s in SamplerName)
-            raise RcdmVizError(f"unknown sampler {changes['sampler']!r}; choose one of {names}") from None
-    out = dataclasses.replace(base, **changes)
-    if out.n < 1 or out.steps < 1:
-        raise RcdmVizError(f"samples per layer ({out.n}) and steps ({out.steps}) must be >= 1")
-    return out
-
-
-def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
-    """Grid row notes (``sample_run.layer_notes``: probe accuracy, retention of the factors the run's SSL
-    views redrew, and representation consistency, from one image's per-layer ``scores`` or else the run's
-    mean); {} when those files are unreadable."""
-    from rcdm_viz.sample_run import layer_notes  # deferred: run views load without torch
-
-    redrawn = (read_config(run, []).get("views") or {}).get("redraw_factors") or ()
-    redrawn = [redrawn] if isinstance(redrawn, str) else redrawn
-    try:
-        return layer_notes(run, None if scores is None else {"layers": scores}, tuple(map(str, redrawn)))
-    except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError):
-        return {}

@@ -1,0 +1,192 @@
+"""Gathering what a run (or several) measured into per-layer tables: no plotting here (no matplotlib).
+
+Per run: the probes (``encoder/probes.json``), the encoder invariance and the decoder scores averaged over
+every ``samples/*/scores.json``. Across runs: the width series (E/N) and a Markdown table of the probes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import RunDir, atomic_write_text, read_json
+
+_MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1")
+
+
+def mean_finite(values: Sequence[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def decoder_scores(run: RunDir) -> tuple[dict[str, dict], dict]:
+    """Decoder scores per layer averaged over every ``samples/*/scores.json``; and what they are based on.
+
+    Returns ({layer: {score: mean, "factor_retention": {factor: mean}, "n_images": k}}, info) with info =
+    {"distance": names, "images": ids}.
+    """
+    files = sorted((run.root / "samples").glob("*/scores.json"))
+    per_layer: dict[str, list[dict]] = {}
+    distances, images = set(), []
+    for path in files:
+        data = read_json(path)
+        distances.add(data.get("distance"))
+        images.append(path.parent.name)
+        for layer, row in data.get("layers", {}).items():
+            per_layer.setdefault(layer, []).append(row)
+    out = {}
+    for layer, rows in per_layer.items():
+        agg = {k: mean_finite([r.get(k) for r in rows]) for k in _MEANS}
+        factors = sorted({f for r in rows for f in r.get("factor_retention", {})})
+        if factors:
+            retention = [r.get("factor_retention", {}) for r in rows]
+            agg["factor_retention"] = {f: mean_finite([r.get(f) for r in retention]) for f in factors}
+            agg["retention_mean"] = mean_finite(list(agg["factor_retention"].values()))
+        agg["n_images"] = len(rows)
+        out[layer] = agg
+    return out, {"distance": sorted(d for d in distances if d), "images": images}
+
+
+def gather_run(run: RunDir) -> dict:
+    """Everything known per layer of a run: {"run", "width", "method", "chance", "layers": {layer: row}}.
+
+    Raises a one-line error when the run has neither probes nor decoder scores.
+    """
+    probes = read_json(run.probes) if run.probes.is_file() else None
+    scores, info = decoder_scores(run)
+    if probes is None and not scores:
+        raise RcdmVizError(
+            f"nothing to report in '{run.root}': no {run.probes} and no samples/*/scores.json; "
+            "run `rcdm-viz probe` (and `rcdm-viz sample --scores`) first"
+        )
+    layers: dict[str, dict] = {}
+    if probes is not None:
+        for name, row in probes["layers"].items():
+            layers[name] = dict(row)
+            if row.get("factor_r2"):
+                layers[name]["factor_r2_mean"] = mean_finite(list(row["factor_r2"].values()))
+        for name, row in probes.get("invariance", {}).items():
+            layers.setdefault(name, {})["invariance"] = row
+    for name, row in scores.items():
+        layers.setdefault(name, {})["decoder"] = row
+    config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
+    encoder_cfg = read_json(run.encoder / "config.json") if (run.encoder / "config.json").is_file() else {}
+    return {
+        "run": str(run.root),
+        "width": encoder_cfg.get("width"),
+        "head": encoder_cfg.get("head"),
+        "method": (config.get("ssl") or {}).get("method"),
+        "chance": probes.get("chance") if probes else None,
+        "distance": info["distance"],
+        "scored_images": info["images"],
+        "layers": layers,
+    }
+
+
+def flat_rows(summary: dict) -> list[dict]:
+    """One flat dict per layer (nested scores as ``group/name`` columns), for CSV."""
+    rows = []
+    for layer, row in summary["layers"].items():
+        flat: dict = {"layer": layer}
+        for key, value in row.items():
+            if isinstance(value, dict):
+                for sub, v in value.items():
+                    if isinstance(v, dict):
+                        flat.update({f"{key}/{sub}/{k}": x for k, x in v.items()})
+                    else:
+                        flat[f"{key}/{sub}"] = v
+            else:
+                flat[key] = value
+        rows.append(flat)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------------------- across runs
+
+
+def run_label(summary: dict) -> str:
+    return Path(summary["run"]).name
+
+
+def by_width(summaries: list[dict]) -> list[dict]:
+    """The width series among the runs, sorted by width: runs with probes and a width, of the (method, head)
+    that spans the most widths, so that other experiments at one width (e.g. positives) are not joined in."""
+    runs = [s for s in summaries if s.get("width") and any("linear_acc" in r for r in s["layers"].values())]
+    if not runs:
+        return []
+    series: dict[tuple, list[dict]] = {}
+    for s in runs:
+        series.setdefault((s.get("method"), s.get("head")), []).append(s)
+    widest = max(series.values(), key=lambda group: len({s["width"] for s in group}))
+    return sorted(widest, key=lambda s: s["width"])
+
+
+def head_layer(summary: dict) -> str | None:
+    heads = [n for n in summary["layers"] if n.startswith("head")]
+    return heads[-1] if heads else None
+
+
+def width_series(
+    runs: list[dict], value: Callable[[dict], float]
+) -> tuple[list[int], list[float], list[list[float]]]:
+    """Runs grouped by width D (several seeds per width): sorted widths, the mean of ``value`` per width, and
+    the error bars [below, above] from the mean to the smallest and largest run (matplotlib's ``yerr``)."""
+    groups: dict[int, list[float]] = {}
+    for s in runs:
+        groups.setdefault(s["width"], []).append(value(s))
+    widths = sorted(groups)
+    finite = [[v for v in groups[w] if math.isfinite(v)] or [math.nan] for w in widths]
+    means = [mean_finite(vals) for vals in finite]
+    below = [m - min(vals) for m, vals in zip(means, finite, strict=True)]
+    above = [max(vals) - m for m, vals in zip(means, finite, strict=True)]
+    return widths, means, [below, above]
+
+
+def seeds_note(runs: list[dict]) -> str:
+    counts = Counter(s["width"] for s in runs).values()
+    if max(counts) == 1:
+        return ""
+    n = str(max(counts)) if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
+    return f"\n(mean and range of {n} runs per width)"
+
+
+def distinct_widths(runs: list[dict]) -> int:
+    return len({s["width"] for s in runs})
+
+
+def markdown_table(summaries: list[dict], layers: Sequence[str] = ("trunk", "head")) -> str:
+    """A Markdown table, one row per run x layer ("head" = the run's last projector layer), of the probes."""
+    cols = ["linear_acc", "mlp_acc", "knn_acc", "binary_acc"]
+    lines = [
+        "| run | D | layer | linear | MLP | kNN | binarized | sparsity | RankMe | factor R² (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        for wanted in layers:
+            layer = head_layer(s) if wanted == "head" else wanted
+            row = s["layers"].get(layer or "", {})
+            if "linear_acc" not in row:
+                continue
+            accs = " | ".join(f"{100 * row[c]:.1f}%" if c in row else "-" for c in cols)
+            r2 = f"{row['factor_r2_mean']:.3f}" if "factor_r2_mean" in row else "-"
+            stats = f"{100 * row['sparsity']:.1f}% | {row['rankme']:.1f} | {r2}"
+            lines.append(f"| {run_label(s)} | {s['width']} | {layer} | {accs} | {stats} |")
+    return "\n".join(lines) + "\n"

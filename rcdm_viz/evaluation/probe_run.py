@@ -1,0 +1,90 @@
+"""The probes of a run: every probe at every layer of its encoder, plus encoder invariance, into
+``encoder/probes.json``; and the plain-text table the CLI prints.
+
+Features of every layer come from ONE pass over the images and are cached in
+``features/probe-<split>/<layer>.safetensors`` (``rcdm_viz.features``), keyed by the encoder's fingerprint
+and the image set. The maths is in ``rcdm_viz.evaluation.probes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rcdm_viz.config import Config, to_dict
+from rcdm_viz.data.sources import ImageSet, load_images
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
+from rcdm_viz.encoders import load_encoder
+from rcdm_viz.evaluation.invariance import encoder_invariance
+from rcdm_viz.evaluation.probes import factor_targets, probe_layers
+from rcdm_viz.features import cached_features
+from rcdm_viz.runs import RunDir, write_json
+
+
+def format_table(results: dict[str, dict], chance: float | None = None) -> str:
+    """A plain-text table of per-layer probe results (accuracies in %, factor R² averaged)."""
+    cols = [("linear_acc", "linear"), ("mlp_acc", "mlp"), ("knn_acc", "knn"), ("binary_acc", "binary")]
+    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{t:>7}" for _, t in cols)
+             + f" {'sparsity':>8} {'rankme':>7} {'factor R2':>9}"]
+    for name, row in results.items():
+        accs = " ".join(f"{100 * row[k]:>6.1f}%" if k in row else f"{'-':>7}" for k, _ in cols)
+        r2 = row.get("factor_r2")
+        r2_text = f"{sum(r2.values()) / len(r2):>9.3f}" if r2 else f"{'-':>9}"
+        lines.append(
+            f"{name:<8} {int(row['dim']):>6} {accs} {row.get('sparsity', 0):>8.3f} "
+            f"{row.get('rankme', 0):>7.1f} {r2_text}"
+        )
+    if chance is not None:
+        lines.append(f"(chance: {100 * chance:.1f}%; factor R2 = mean over factors)")
+    return "\n".join(lines)
+
+
+def _factor_info(images: ImageSet) -> tuple[dict[str, tuple[float, float]], tuple[str, ...]] | None:
+    if not images.factors:
+        return None
+    return FACTOR_RANGES, CIRCULAR
+
+
+def probe_run(
+    cfg: Config, run: RunDir, progress: bool = True, layers: str | Sequence[str] | None = None
+) -> dict:
+    """Every probe at every layer of a run's encoder, plus encoder invariance; writes encoder/probes.json.
+
+    Returns {"layers": {layer: row}, "invariance": {layer: {aug: score}}, "chance", "n_train", "n_val",
+    "encoder": fingerprint, "probe": the probe config}.
+    """
+    encoder = load_encoder(run.require_encoder())
+    names = encoder.select_layers(layers, stages=True)
+    res = encoder.config["resolution"]
+    n_train = cfg.probe.n_train or cfg.data.n_train
+    train = load_images(cfg.data, "train", n=n_train, resolution=res, progress=progress)
+    val = load_images(cfg.data, "val", resolution=res, progress=progress)
+    feats = {}
+    for split, images in (("train", train), ("val", val)):
+        cached = cached_features(encoder, images, encoder.all_layer_names, run.features / f"probe-{split}",
+                                 progress=progress)
+        feats[split] = {name: f.float() for name, f in cached.items()}
+    train_t = val_t = None
+    if (info := _factor_info(train)) is not None and val.factors is not None:
+        train_t = factor_targets(train.factors, *info)
+        val_t = factor_targets(val.factors, *info)
+    results = probe_layers(
+        {k: feats["train"][k] for k in names}, train.labels, {k: feats["val"][k] for k in names}, val.labels,
+        cfg.probe, progress=progress, train_t=train_t, val_t=val_t,
+    )
+    n_inv = min(len(val), cfg.probe.invariance_images)
+    invariance = encoder_invariance(encoder, val.batch(torch.arange(n_inv)), layers=names)
+    summary = {
+        "layers": results,
+        "invariance": invariance,
+        "chance": float(torch.bincount(val.labels).max()) / len(val),
+        "n_train": len(train),
+        "n_val": len(val),
+        "n_invariance": n_inv,
+        "encoder": encoder.fingerprint(),
+        "width": encoder.config["width"],
+        "probe": to_dict(cfg.probe),
+    }
+    write_json(run.probes, summary)
+    return summary
