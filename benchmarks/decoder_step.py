@@ -24,11 +24,11 @@ from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
 from rcdm_viz.config import DecoderConfig, PredictionType, load_config
+from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.schedule import diffusion_loss
-from rcdm_viz.decoder.train import build_decoder, make_decoder_step
+from rcdm_viz.decoder.train import make_decoder_step
 from rcdm_viz.encoders import Encoder
 from rcdm_viz.seeding import generator_for
-from rcdm_viz.ssl.train import encoder_from_config
 from rcdm_viz.training import make_accelerator
 
 LAYER = "trunk"
@@ -41,7 +41,8 @@ class ReferenceStep:
         dec = dataclasses.replace(dec, prediction_type=PredictionType.EPSILON)
         torch.manual_seed(dec.seed)
         self.encoder = encoder.eval()
-        self.decoder = build_decoder(dec, {LAYER: encoder.layer_dims[LAYER]}, "reference").train()
+        dims = {LAYER: encoder.layer_dims[LAYER]}
+        self.decoder = RCDMDecoder.from_decoder_config(dec, dims, "reference").train()
         self.optimizer = torch.optim.AdamW(self.decoder.parameters(), lr=dec.lr)
         self.ema = EMAModel(self.decoder.parameters(), decay=dec.ema_decay)
         self.noise = self.decoder.noise_scheduler()
@@ -86,7 +87,7 @@ def main() -> None:
     cfg = load_config(args.preset)
     dec, bs = cfg.decoder, cfg.decoder.batch_size
     torch.manual_seed(0)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution).eval()
+    encoder = Encoder.from_config(cfg.encoder, cfg.data.resolution).eval()
     x_enc = torch.rand(bs, 3, cfg.data.resolution, cfg.data.resolution)
     x0 = torch.rand(bs, 3, dec.resolution, dec.resolution) * 2 - 1
     with torch.no_grad():

@@ -17,8 +17,8 @@ import torch
 
 from rcdm_viz.config import load_config
 from rcdm_viz.data.sources import load_images
+from rcdm_viz.encoders import Encoder
 from rcdm_viz.features import extract_features
-from rcdm_viz.ssl.train import encoder_from_config
 
 
 def best_time(fn, repeats: int) -> float:
@@ -44,7 +44,7 @@ def main() -> None:
     overrides = [f"encoder.width={args.width}"] if args.width else []
     cfg = load_config(args.preset, overrides)
     torch.manual_seed(0)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution).eval()
+    encoder = Encoder.from_config(cfg.encoder, cfg.data.resolution).eval()
     images = load_images(cfg.data, "val", n=n, progress=False)
     layers = encoder.all_layer_names
     t_all = best_time(lambda: extract_features(encoder, images, layers), repeats)

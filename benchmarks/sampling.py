@@ -29,7 +29,6 @@ from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.decoder.train import DecoderStep, make_decoder_step, training_batch
 from rcdm_viz.encoders import Encoder
 from rcdm_viz.features import extract_features
-from rcdm_viz.ssl.train import encoder_from_config
 from rcdm_viz.training import make_accelerator
 
 # A setup small enough to train in seconds on a CPU; --quick shortens it further.
@@ -78,7 +77,7 @@ def tiny_config(quick: bool, *extra: str) -> Config:
 def setup(cfg: Config, layers: list[str] | None = None) -> tuple[Encoder, ImageSet, dict[str, Tensor]]:
     """A fresh encoder, the decoder-resolution training images and the encoder's features of them."""
     torch.manual_seed(0)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution).eval()
+    encoder = Encoder.from_config(cfg.encoder, cfg.data.resolution).eval()
     enc_images = load_images(cfg.data, "train", progress=False)
     images = load_images(cfg.data, "train", resolution=cfg.decoder.resolution, progress=False)
     feats = extract_features(encoder, enc_images, layers or encoder.layer_names, batch_size=256)

@@ -21,6 +21,31 @@ from rcdm_viz.errors import RcdmVizError
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
+E = typing.TypeVar("E", bound=Enum)
+
+
+def parse_enum(
+    enum: type[E],
+    value: E | str,
+    what: str,
+    normalize: bool = False,
+    choices: typing.Iterable[E] | None = None,
+) -> E:
+    """``value`` as a member of ``enum`` (a member, or its value), or a one-line error naming the value and
+    the choices: "unknown <what> 'x'; choose one of: a, b". ``normalize`` strips and lower-cases a string
+    first; ``choices`` narrows the accepted members (default: all of ``enum``)."""
+    given = value.value if isinstance(value, Enum) else value
+    raw = given.strip().lower() if normalize and isinstance(given, str) else given
+    allowed = list(enum) if choices is None else list(choices)
+    try:
+        member = enum(raw)
+    except ValueError:
+        member = None
+    if member is None or member not in allowed:
+        names = ", ".join(str(m.value) for m in allowed)
+        raise RcdmVizError(f"unknown {what} {given!r}; choose one of: {names}")
+    return member
+
 
 class DataSource(StrEnum):
     """Where training images come from."""
@@ -347,11 +372,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key)
     if isinstance(tp, type) and issubclass(tp, Enum):
-        try:
-            return tp(value.value if isinstance(value, Enum) else value)
-        except ValueError:
-            valid = ", ".join(m.value for m in tp)
-            raise RcdmVizError(f"bad value {value!r} for '{key}'; choose one of: {valid}") from None
+        return parse_enum(tp, value, key)
     if origin is tuple:
         if isinstance(value, str | int | float):
             value = [value]

@@ -13,7 +13,7 @@ from rcdm_viz.data.sources import load_images
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
 from rcdm_viz.decoder.sampling import sample, tensor_to_pil
 from rcdm_viz.decoder.schedule import diffusion_loss
-from rcdm_viz.decoder.train import build_decoder, pack_reps, train_decoder, training_data
+from rcdm_viz.decoder.train import pack_reps, train_decoder, training_data
 from rcdm_viz.encoders import build_encoder, load_encoder
 from rcdm_viz.features import cached_features, pack_bits, unpack_bits
 from rcdm_viz.runs import RunDir, read_metrics
@@ -129,7 +129,7 @@ def test_binarized_shared_decoder_trains_and_samples_end_to_end(tiny_run, tmp_pa
     encoder = load_encoder(run.encoder)
     torch.manual_seed(cfg.decoder.seed)  # the initial weights of the run
     dims = {name: encoder.layer_dims[name] for name in trained.layers}
-    untrained = build_decoder(cfg.decoder, dims, encoder.fingerprint()).eval()
+    untrained = RCDMDecoder.from_decoder_config(cfg.decoder, dims, encoder.fingerprint()).eval()
     dec_images, feats = training_data(cfg, encoder, trained.layers, run, progress=False)
     x0 = dec_images.batch(torch.arange(32)) * 2 - 1
     sched = trained.noise_scheduler()

@@ -114,3 +114,16 @@ def test_metrics_log_truncates_and_skips_torn_lines(tmp_path):
 def test_require_encoder_names_the_run(tmp_path):
     with pytest.raises(RcdmVizError, match="has no encoder"):
         RunDir(tmp_path / "empty").require_encoder()
+
+
+def test_parse_enum_accepts_members_and_values_and_names_the_choices():
+    from rcdm_viz.config import Method, SamplerName, parse_enum
+
+    for member in SamplerName:
+        assert parse_enum(SamplerName, member, "sampler") is member
+        assert parse_enum(SamplerName, member.value, "sampler") is member
+    assert parse_enum(SamplerName, " DDIM ", "sampler", normalize=True) is SamplerName.DDIM
+    with pytest.raises(RcdmVizError, match=r"^unknown sampler ' DDIM '; choose one of: ddpm, ddim, dpm\+\+$"):
+        parse_enum(SamplerName, " DDIM ", "sampler")
+    with pytest.raises(RcdmVizError, match=r"unknown SSL method 'byol'; choose one of: simclr$"):
+        parse_enum(Method, "byol", "SSL method", choices=[Method.SIMCLR])

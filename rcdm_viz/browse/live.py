@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from rcdm_viz.browse.reading import RunSummary, read_config, run_config
-from rcdm_viz.config import Config, SampleConfig, SamplerName
+from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir
 
@@ -108,11 +108,7 @@ def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None
 def sample_settings(base: SampleConfig, **changes: Any) -> SampleConfig:
     """``base`` with the page's controls applied (n, steps, sampler, guidance, seed), checked."""
     if "sampler" in changes:
-        try:
-            changes["sampler"] = SamplerName(changes["sampler"])
-        except ValueError:
-            names = ", ".join(s.value for s in SamplerName)
-            raise RcdmVizError(f"unknown sampler {changes['sampler']!r}; choose one of {names}") from None
+        changes["sampler"] = parse_enum(SamplerName, changes["sampler"], "sampler")
     out = dataclasses.replace(base, **changes)
     if out.n < 1 or out.steps < 1:
         raise RcdmVizError(f"samples per layer ({out.n}) and steps ({out.steps}) must be >= 1")

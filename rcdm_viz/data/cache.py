@@ -21,7 +21,7 @@ import torch
 
 from rcdm_viz.data.folder import Skipped, decode_many, index_folder, split_dir
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import read_json, write_json
+from rcdm_viz.runs import atomic_write, read_json, write_json
 
 FORMAT = "rcdm_viz.cache/1"
 META = "meta.json"
@@ -100,10 +100,15 @@ def _write_split(
     else:
         images.flush()
         del images
-    np.save(out / f".{split}-labels.tmp.npy", np.asarray([labels[i] for i in kept], dtype=np.int64))
-    os.replace(out / f".{split}-labels.tmp.npy", out / f"{split}-labels.npy")
+    kept_labels = np.asarray([labels[i] for i in kept], dtype=np.int64)
+    atomic_write(out / f"{split}-labels.npy", lambda tmp: _save_npy(tmp, kept_labels))
     os.replace(tmp, out / f"{split}.npy")
     return len(kept), skipped
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to the temp file's name
+        np.save(fh, array)
 
 
 def open_cache(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:

@@ -18,11 +18,9 @@ from tqdm.auto import tqdm
 from rcdm_viz.config import DataConfig, DataSource
 from rcdm_viz.data.cache import open_cache
 from rcdm_viz.data.folder import index_folder, load_folder, split_dir
-from rcdm_viz.data.synthetic import SyntheticScenes
+from rcdm_viz.data.synthetic import SyntheticScenes, parse_split
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.seeding import derive_seed
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -67,8 +65,7 @@ def load_images(
 
 
 def _load(data: DataConfig, split: str, n: int | None, resolution: int | None, progress: bool) -> ImageSet:
-    if split not in SPLITS:
-        raise RcdmVizError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    split = parse_split(split).value
     n = (data.n_train if split == "train" else data.n_val) if n is None else n
     resolution = resolution or data.resolution
     if n < 1:

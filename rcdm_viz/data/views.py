@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from rcdm_viz.config import ViewsConfig
+from rcdm_viz.config import ViewsConfig, parse_enum
 from rcdm_viz.errors import RcdmVizError
 
 
@@ -432,11 +432,7 @@ def _always(aug: Augmentation) -> Callable[[Tensor, torch.Generator], Tensor]:
 
 def parse_augmentation(name: Augmentation | str) -> Augmentation:
     """``name`` as an Augmentation, or RcdmVizError listing the valid names."""
-    try:
-        return Augmentation(name.strip().lower() if isinstance(name, str) else name)
-    except ValueError:
-        valid = ", ".join(a.value for a in Augmentation)
-        raise RcdmVizError(f"unknown augmentation '{name}'; choose one of: {valid}") from None
+    return parse_enum(Augmentation, name, "augmentation", normalize=True)
 
 
 def apply_augmentation(name: Augmentation | str, x: Tensor, generator: torch.Generator) -> Tensor:

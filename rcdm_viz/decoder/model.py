@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from rcdm_viz.config import DecoderConfig
 from rcdm_viz.decoder.schedule import make_noise_scheduler
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import binarize as binarize_reps
@@ -135,6 +136,28 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         if len(layer_dims) > 1:
             self.layer_embedding = nn.Embedding(len(layer_dims), t_dim)
             nn.init.zeros_(self.layer_embedding.weight)
+
+    @classmethod
+    def from_decoder_config(
+        cls, dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str | None
+    ) -> RCDMDecoder:
+        """An untrained decoder for ``layer_dims`` with the UNet shape and noise schedule of ``dec``.
+
+        (Not ``from_config``: diffusers' ``ConfigMixin.from_config`` is what ``from_pretrained`` calls.)
+        """
+        return cls(
+            layer_dims=layer_dims,
+            resolution=dec.resolution,
+            block_out_channels=tuple(dec.block_out_channels),
+            layers_per_block=dec.layers_per_block,
+            attention_resolutions=tuple(dec.attention_resolutions),
+            norm_num_groups=dec.norm_num_groups,
+            encoder_fingerprint=fingerprint,
+            num_train_timesteps=dec.num_train_timesteps,
+            beta_schedule=dec.beta_schedule.value,
+            prediction_type=dec.prediction_type.value,
+            binarize=dec.binarize,
+        )
 
     def noise_scheduler(self) -> DDPMScheduler:
         """The training noise schedule this decoder was trained with (samplers are built from it)."""

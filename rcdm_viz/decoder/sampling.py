@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from enum import Enum
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -21,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from rcdm_viz.config import SamplerName as Sampler
+from rcdm_viz.config import parse_enum
 from rcdm_viz.decoder.grids import interpolation_grid, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.errors import RcdmVizError
@@ -32,12 +32,8 @@ __all__ = [
 ]
 
 
-def _as_sampler(sampler: str | Enum) -> Sampler:
-    try:
-        return Sampler(sampler.value if isinstance(sampler, Enum) else sampler)
-    except ValueError:
-        names = ", ".join(s.value for s in Sampler)
-        raise RcdmVizError(f"unknown sampler {sampler!r}; choose one of {names}") from None
+def _as_sampler(sampler: str | Sampler) -> Sampler:
+    return parse_enum(Sampler, sampler, "sampler")
 
 
 def _ddpm(config: dict) -> SchedulerMixin:

@@ -8,24 +8,14 @@ on request, Min-SNR-gamma loss weighting (Hang et al. 2023), which converges sev
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.training_utils import compute_snr
 from torch import nn
 
-from rcdm_viz.config import BetaSchedule, PredictionType
+from rcdm_viz.config import BetaSchedule, PredictionType, parse_enum
 from rcdm_viz.errors import RcdmVizError
-
-
-def _choice(enum: type[Enum], value: str | Enum, what: str) -> Enum:
-    try:
-        return enum(value)
-    except ValueError:
-        names = ", ".join(e.value for e in enum)
-        raise RcdmVizError(f"unknown {what} {value!r}; choose one of {names}") from None
 
 
 def make_noise_scheduler(
@@ -36,8 +26,8 @@ def make_noise_scheduler(
     """The training DDPM scheduler (RCDM: 1000 linear steps; x0 clipped to [-1, 1] when sampling)."""
     if num_train_timesteps < 1:
         raise RcdmVizError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
-    schedule = _choice(BetaSchedule, beta_schedule, "beta_schedule")
-    prediction = _choice(PredictionType, prediction_type, "prediction_type")
+    schedule = parse_enum(BetaSchedule, beta_schedule, "beta_schedule")
+    prediction = parse_enum(PredictionType, prediction_type, "prediction_type")
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=schedule.value,

@@ -52,23 +52,6 @@ def decoder_layers(encoder: Encoder, layer: str) -> list[str]:
     return encoder.select_layers([layer])
 
 
-def build_decoder(dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str) -> RCDMDecoder:
-    """An untrained decoder for ``layer_dims`` with the config's UNet shape."""
-    return RCDMDecoder(
-        layer_dims=layer_dims,
-        resolution=dec.resolution,
-        block_out_channels=tuple(dec.block_out_channels),
-        layers_per_block=dec.layers_per_block,
-        attention_resolutions=tuple(dec.attention_resolutions),
-        norm_num_groups=dec.norm_num_groups,
-        encoder_fingerprint=fingerprint,
-        num_train_timesteps=dec.num_train_timesteps,
-        beta_schedule=dec.beta_schedule.value,
-        prediction_type=dec.prediction_type.value,
-        binarize=dec.binarize,
-    )
-
-
 def _encoder_view(cfg: Config, encoder: Encoder, split: str, n: int | None, dec_images: ImageSet) -> ImageSet:
     """The same images at the encoder's own input size (the decoder's set when the sizes agree)."""
     enc_res = encoder.config["resolution"]
@@ -169,7 +152,7 @@ def make_decoder_step(
     """A fresh decoder for ``layer_dims`` with its AdamW, warm-up schedule and EMA, prepared by
     ``accelerator`` (the EMA state is registered so that checkpoints hold it)."""
     torch.manual_seed(dec.seed)
-    decoder = build_decoder(dec, layer_dims, fingerprint)
+    decoder = RCDMDecoder.from_decoder_config(dec, layer_dims, fingerprint)
     if dec.channels_last:
         decoder.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=dec.lr, weight_decay=dec.weight_decay)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rcdm_viz.config import EncoderConfig
 from rcdm_viz.encoders.projector import HeadSpec, Projector, parse_head
 from rcdm_viz.encoders.resnet import STAGE_NAMES, Arch, ResNetTrunk
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import atomic_write, atomic_write_text
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -172,6 +173,18 @@ class Encoder(nn.Module):
         return {name: out[name] for name in names}
 
     @classmethod
+    def from_config(cls, enc: EncoderConfig, resolution: int) -> Encoder:
+        """The (untrained) encoder ``enc`` describes, for inputs of ``resolution`` pixels."""
+        return cls(
+            arch=enc.arch,
+            width=enc.width,
+            head=enc.head,
+            base_width=enc.base_width,
+            small_input=enc.small_input,
+            resolution=resolution,
+        )
+
+    @classmethod
     def from_state_dict(cls, config: dict[str, Any], state: dict[str, Tensor]) -> Encoder:
         """``Encoder(**config)`` holding exactly ``state`` (strict), in eval mode on CPU.
 
@@ -217,21 +230,9 @@ class Encoder(nn.Module):
         target.mkdir(parents=True, exist_ok=True)
         config_text = json.dumps({"format": _BUNDLE_FORMAT, **self.config}, indent=2, sort_keys=True)
         state = self._cpu_state()
-        _atomic_write(target / WEIGHTS_FILE, lambda p: save_file(state, p, {"config": config_text}))
-        _atomic_write(target / CONFIG_FILE, lambda p: Path(p).write_text(config_text + "\n"))
+        atomic_write(target / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), {"config": config_text}))
+        atomic_write_text(target / CONFIG_FILE, config_text + "\n")
         return target
-
-
-def _atomic_write(dest: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``dest``, then os.replace it onto ``dest``."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_encoder(path: str | os.PathLike[str]) -> Encoder:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
+from rcdm_viz.config import parse_enum
 from rcdm_viz.errors import RcdmVizError
 
 # Trunk-level layer names, in depth order; each is the pooled output of one torchvision stage.
@@ -33,13 +34,7 @@ class Arch(StrEnum):
     @classmethod
     def parse(cls, value: Arch | str) -> Arch:
         """Return the Arch named by ``value`` (case-insensitive); RcdmVizError listing valid ones."""
-        if isinstance(value, cls):
-            return value
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            valid = ", ".join(a.value for a in cls)
-            raise RcdmVizError(f"unknown architecture {value!r}; valid: {valid}") from None
+        return parse_enum(cls, value, "architecture", normalize=True)
 
 
 @dataclass(frozen=True)

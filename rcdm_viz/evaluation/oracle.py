@@ -22,7 +22,7 @@ from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.probes import factor_targets, r2_score
-from rcdm_viz.runs import RunDir, atomic_write_text
+from rcdm_viz.runs import RunDir, atomic_write, atomic_write_text
 
 _FORMAT = "rcdm_viz.oracle/1"
 
@@ -134,8 +134,8 @@ def load_or_train_oracle(
     train = load_images(cfg.data, "train", n=n_train, resolution=resolution, progress=progress)
     val = load_images(cfg.data, "val", n=n_val, resolution=resolution, progress=progress)
     model, r2 = train_oracle(train, val, cfg.scores, seed=cfg.data.seed, progress=progress)
-    root.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_text(config_path, json.dumps({"key": key, "val_r2": r2}, indent=2) + "\n")
     return model.eval(), r2
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rcdm_viz.config import Method, SSLConfig
+from rcdm_viz.config import Method, SSLConfig, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.ssl import losses
 
@@ -130,12 +130,7 @@ METHODS: dict[Method, MethodSpec] = {
 
 def get_method(name: Method | str) -> MethodSpec:
     """The registered method ``name``, or an error listing the registered ones."""
-    try:
-        return METHODS[Method(name)]
-    except ValueError:
-        raise RcdmVizError(
-            f"unknown SSL method '{name}'; choose one of: {', '.join(m.value for m in METHODS)}"
-        ) from None
+    return METHODS[parse_enum(Method, name, "SSL method", choices=METHODS)]
 
 
 def byol_momentum(base: float, step: int, total: int) -> float:

@@ -18,11 +18,11 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from rcdm_viz.config import Config, EncoderConfig, SSLConfig
+from rcdm_viz.config import Config, SSLConfig
 from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
-from rcdm_viz.encoders import Encoder, build_encoder
+from rcdm_viz.encoders import Encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import ALL_SECTIONS, MetricsLog, RunDir, record_config
 from rcdm_viz.seeding import generator_for
@@ -38,19 +38,7 @@ from rcdm_viz.training import (
     shard,
 )
 
-__all__ = ["SSLModel", "SSLStep", "build_ssl_step", "encoder_from_config", "make_optimizer", "train_encoder"]
-
-
-def encoder_from_config(enc: EncoderConfig, resolution: int) -> Encoder:
-    """Build the (untrained) encoder a config describes, for inputs of ``resolution`` pixels."""
-    return build_encoder(
-        arch=enc.arch,
-        width=enc.width,
-        head=enc.head,
-        base_width=enc.base_width,
-        small_input=enc.small_input,
-        resolution=resolution,
-    )
+__all__ = ["SSLModel", "SSLStep", "build_ssl_step", "make_optimizer", "train_encoder"]
 
 
 def total_steps(n_train: int, ssl: SSLConfig) -> int:
@@ -198,7 +186,7 @@ def build_ssl_step(
     """Build, seed and ``prepare`` every part of an SSL step; returns it and the (unwrapped) encoder."""
     torch.manual_seed(cfg.ssl.seed)  # initialisation
     method = get_method(cfg.ssl.method)
-    encoder = encoder_from_config(cfg.encoder, cfg.data.resolution)
+    encoder = Encoder.from_config(cfg.encoder, cfg.data.resolution)
     module: nn.Module = SSLModel(encoder, method, cfg.ssl, num_classes)
     if accelerator.num_processes > 1 and cfg.ssl.sync_batchnorm:
         # Global-batch BatchNorm statistics, as SimCLR / VICReg / BYOL train on several devices.

@@ -13,8 +13,8 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
+from rcdm_viz.config import parse_enum
 from rcdm_viz.data.synthetic.shapes import Shape
-from rcdm_viz.errors import RcdmVizError
 
 # ---------------------------------------------------------------------------------------------------------
 # Factors and splits
@@ -48,11 +48,7 @@ class Split(StrEnum):
 
 
 def parse_split(split: str | Split) -> Split:
-    try:
-        return Split(split)
-    except ValueError:
-        names = ", ".join(s.value for s in Split)
-        raise RcdmVizError(f"unknown split {split!r}; expected one of {names}") from None
+    return parse_enum(Split, split, "split")
 
 
 # ---------------------------------------------------------------------------------------------------------
