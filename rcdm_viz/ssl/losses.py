@@ -15,7 +15,7 @@ N give the same loss value. Gradients match too, once DDP has averaged them:
 * Parameters then get W * (dz_r/dθ)^T dL/dz_r on rank r; DDP averages over ranks (divides the sum by W),
   giving sum_r (dz_r/dθ)^T dL/dz_r = dL/dθ, exactly the single-process gradient of the global batch.
 
-``tests/test_losses.py`` checks this with two gloo processes. Consequences: every rank must call
+``tests/ssl/test_losses.py`` checks this with two gloo processes. Consequences: every rank must call
 ``backward`` (the gather's backward is a collective), every rank's local batch must have the same shape,
 and a caller that does *not* average gradients over ranks must divide by the world size itself.
 """

@@ -77,7 +77,7 @@ def test_script_prints_and_saves_the_table(tiny_run, tmp_path, monkeypatch, caps
     _, run = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run.root, copy)
-    script = Path(__file__).parents[1] / "scripts" / "conditioning_gap.py"
+    script = Path(__file__).parents[2] / "scripts" / "conditioning_gap.py"
     argv = ["conditioning_gap.py", "--run", str(copy), "--n", "4", "--layers", "trunk"]
     monkeypatch.setattr("sys.argv", argv)
     runpy.run_path(str(script), run_name="__main__")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rcdm_viz import browse
-from tests.test_app import GRID_TEXT, build_runs_root
+from tests.app.test_streamlit_app import GRID_TEXT, build_runs_root
 
 pytest.importorskip("streamlit")
 connect = pytest.importorskip("websockets.sync.client").connect

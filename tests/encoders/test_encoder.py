@@ -68,7 +68,7 @@ def test_resnet50_widened_param_count_and_shortcut(width: int) -> None:
     assert "layer4.2.downsample.0.weight" in keys and "layer4.2.downsample.1.running_var" in keys
 
 
-@pytest.mark.parametrize("arch", ["resnet50", "resnet18"])
+@pytest.mark.parametrize("arch", [a.value for a in Arch])
 def test_wide_trunk_forward_backward(arch: str) -> None:
     torch.manual_seed(0)
     enc = build_encoder(arch, 32768, head="linear:8", base_width=16, small_input=True, resolution=32)

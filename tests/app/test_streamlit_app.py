@@ -21,7 +21,7 @@ from rcdm_viz.runs import RunDir
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-APP = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
 GRID_TEXT = "rows = layers, column 0 = the input"  # the caption under every grid the app shows
 TIMEOUT = 120  # seconds per script run: generous, the machine is shared (first run imports torch)
 

@@ -1,0 +1,43 @@
+"""The factor oracle's targets and the factor retention score."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS
+from rcdm_viz.evaluation.oracle import FactorOracle, factor_error, factor_retention, oracle_targets
+
+
+def test_targets_put_every_factor_on_a_comparable_scale():
+    factors = {name: torch.tensor([lo, (lo + hi) / 2, hi]) for name, (lo, hi) in FACTOR_RANGES.items()}
+    targets = oracle_targets(factors)
+    assert list(targets) == list(FACTORS)
+    for name, t in targets.items():
+        if name in CIRCULAR:  # both ends of the range are the same angle
+            assert t.shape == (3, 2)
+            torch.testing.assert_close(t[0], t[2], atol=1e-6, rtol=0)
+            torch.testing.assert_close(t[1], torch.tensor([0.0, -1.0]), atol=1e-6, rtol=0)
+        else:
+            torch.testing.assert_close(t[:, 0], torch.tensor([-1.0, 0.0, 1.0]))
+    out = FactorOracle(width=4)(torch.rand(2, 3, 16, 16))
+    assert out.shape == (2, sum(2 if n in CIRCULAR else 1 for n in FACTORS))
+
+
+def test_factor_error_of_angles_is_the_squared_chord():
+    a = torch.tensor([[0.0, 1.0]])  # angle 0 as (sin, cos)
+    b = torch.tensor([[1.0, 0.0]])  # a quarter turn
+    assert float(factor_error(a, b)[0]) == pytest.approx(2.0)  # chord of 90 degrees: sqrt(2)
+    assert float(factor_error(a, -a)[0]) == pytest.approx(4.0)
+
+
+def test_retention_is_one_when_kept_zero_at_chance_negative_when_worse():
+    x = {"hue": torch.tensor([[0.0, 1.0]])}
+    others = {"hue": torch.tensor([[1.0, 0.0], [-1.0, 0.0]])}  # mean error 2
+    assert factor_retention({"hue": x["hue"].repeat(4, 1)}, x, others) == {"hue": 1.0}
+    assert factor_retention(others, x, others)["hue"] == pytest.approx(0.0)
+    worse = {"hue": torch.tensor([[0.0, -1.0]])}  # opposite angle: error 4
+    assert factor_retention(worse, x, others)["hue"] == pytest.approx(-1.0)
+    assert math.isfinite(factor_retention(x, x, {"hue": x["hue"]})["hue"])  # no division by zero

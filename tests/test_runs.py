@@ -1,0 +1,58 @@
+"""The run directory: which decoder serves a layer, atomic writes, metrics files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write, atomic_write_bytes, read_metrics
+
+
+def _decoder(path):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+
+
+def test_decoder_for_prefers_the_layers_own_decoder_then_the_shared_one(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.decoder_for("trunk") is None
+    (run.decoder("trunk")).mkdir(parents=True)  # a decoder directory without config.json is not trained
+    assert run.decoder_for("trunk") is None
+    _decoder(run.shared_decoder)
+    assert run.shared_decoder == tmp_path / "decoders" / ALL_LAYERS
+    assert run.decoder_for("trunk") == run.shared_decoder
+    _decoder(run.decoder("head2"))
+    assert run.decoder_for("head2") == run.decoder("head2")
+    assert run.decoder_layers() == sorted([ALL_LAYERS, "head2"])
+
+
+def test_atomic_write_keeps_the_old_file_and_no_temp_file_when_writing_fails(tmp_path):
+    path = tmp_path / "sub" / "file.bin"
+    atomic_write_bytes(path, b"old")
+    assert path.read_bytes() == b"old"
+
+    def failing(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"new"))
+    assert path.read_bytes() == b"new" and sorted(p.name for p in path.parent.iterdir()) == ["file.bin"]
+
+
+def test_metrics_log_truncates_on_resume_and_reading_skips_a_torn_last_line(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3):
+        log.log(step=step, loss=1.0 / step)
+    log.truncate_after(2)
+    with log.path.open("a") as fh:
+        fh.write('{"step": 3, "lo')  # a training still writing its next record
+    assert [r["step"] for r in read_metrics(log.path)] == [1, 2]
+    assert read_metrics(tmp_path / "missing.jsonl") == []
+    MetricsLog(tmp_path / "other.jsonl", enabled=False).log(step=1)  # not the main process: no file
+    assert not (tmp_path / "other.jsonl").exists()
+    assert json.loads(log.path.read_text().splitlines()[0]) == {"step": 1, "loss": 1.0}

@@ -1,0 +1,65 @@
+"""Sampling a run's decoders into samples/<image-id>/: which decoder serves a layer, what is written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from PIL import Image
+
+from rcdm_viz.encoders import load_encoder
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import RunDir, read_json
+from rcdm_viz.sample_run import load_decoders, sample_images
+
+
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path):
+    cfg, run = tiny_run
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(run.root, copy.root)
+    return cfg, copy
+
+
+def test_load_decoders_uses_the_layers_own_then_the_shared_decoder_and_checks_it(run_copy):
+    cfg, run = run_copy
+    encoder = load_encoder(run.require_encoder())
+    assert list(load_decoders(run, ["trunk"], encoder)) == ["trunk"]
+    with pytest.raises(RcdmVizError, match="no decoder for layer 'head1'.*--layer all"):
+        load_decoders(run, ["head1"], encoder)
+    shutil.copytree(run.decoder("trunk"), run.shared_decoder)  # a "shared" decoder that knows only trunk
+    with pytest.raises(RcdmVizError, match="has no layer 'head1'"):
+        load_decoders(run, ["trunk", "head1"], encoder)
+    shutil.rmtree(run.decoder("trunk"))
+    both = load_decoders(run, ["trunk"], encoder)
+    assert both["trunk"].config.layer_dims == {"trunk": encoder.layer_dims["trunk"]}
+
+
+def test_sample_images_writes_the_same_grid_for_the_same_seed(run_copy, tmp_path):
+    cfg, run = run_copy
+    image = tmp_path / "in put.png"
+    Image.new("RGB", (20, 24), (200, 30, 30)).save(image)
+    first = sample_images(cfg, run, [str(image)], "trunk")
+    assert first == [run.samples("in_put") / "grid.png"]
+    meta = read_json(run.samples("in_put") / "meta.json")
+    assert meta == {"layers": ["trunk"], "n": cfg.sample.n, "sampler": cfg.sample.sampler.value,
+                    "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "seed": cfg.sample.seed,
+                    "resolution": cfg.decoder.resolution}
+    grid = first[0].read_bytes()
+    sample_images(cfg, run, [str(image)], "trunk")
+    assert first[0].read_bytes() == grid
+    assert sorted(p.name for p in run.samples("in_put").iterdir()) == ["grid.png", "input.png", "meta.json",
+                                                                       "trunk.png"]
+
+
+def test_sample_images_refuses_bad_requests_before_sampling(run_copy, tmp_path):
+    cfg, run = run_copy
+    good = tmp_path / "a.png"
+    Image.new("RGB", (16, 16)).save(good)
+    with pytest.raises(RcdmVizError, match="--interpolate needs exactly 2 images, got 1"):
+        sample_images(cfg, run, [str(good)], "trunk", interpolate=3)
+    with pytest.raises(RcdmVizError, match="image '.*missing.png' does not exist"):
+        sample_images(cfg, run, [str(good), str(tmp_path / "missing.png")], "trunk")
+    with pytest.raises(RcdmVizError, match="unknown layer 'head9'"):
+        sample_images(cfg, run, [str(good)], "trunk,head9")
+    assert not run.samples("a").exists()
