@@ -1,4 +1,5 @@
-"""The training noise schedule: what the network learns to output, and the Min-SNR weights."""
+"""The training noise schedule: what the network learns to output, the Min-SNR weights, and the training
+timesteps (uniform by default, as RCDM; skewed toward high noise by decoder.timestep_bias)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import pytest
 import torch
 
 from rcdm_viz.config import BetaSchedule, PredictionType
-from rcdm_viz.decoder.schedule import make_noise_scheduler, min_snr_weight, prediction_target
+from rcdm_viz.decoder.schedule import (
+    make_noise_scheduler,
+    min_snr_weight,
+    prediction_target,
+    sample_timesteps,
+)
 from rcdm_viz.errors import RcdmVizError
 
 
@@ -59,3 +65,22 @@ def test_bad_schedule_settings_are_one_line_errors():
         make_noise_scheduler(beta_schedule="cosine")
     with pytest.raises(RcdmVizError, match="unknown prediction_type 'x0'"):
         make_noise_scheduler(prediction_type="x0")
+
+
+def test_bias_zero_is_the_uniform_draw():
+    a = sample_timesteps(64, 1000, 0.0, torch.Generator().manual_seed(3))
+    b = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("bias", "upper_half"), [(1.0, 0.75), (3.0, 1 - 0.5**4)])
+def test_bias_moves_mass_to_high_noise(bias, upper_half):
+    t = sample_timesteps(100_000, 1000, bias, torch.Generator().manual_seed(0))
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
+    # density ~ (t / T)^b: P(t >= T/2) = 1 - 2^-(b + 1)
+    assert abs(float((t >= 500).double().mean()) - upper_half) < 0.01
+
+
+def test_negative_bias_is_an_error():
+    with pytest.raises(RcdmVizError, match="timestep_bias must be >= 0, got -1"):
+        sample_timesteps(4, 1000, -1.0, torch.Generator())
