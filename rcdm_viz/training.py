@@ -1,4 +1,4 @@
-"""What every training step shares: accelerate setup, counter-based randomness, checkpoints.
+"""What every training step shares: accelerate setup, counter-based randomness, checkpoints, the loop.
 
 Exact resume without saving RNG state: every random draw of a training step comes from a generator seeded
 by (seed, step, rank, stream), and the data order of an epoch from (seed, epoch). Resuming at step s thus
@@ -9,16 +9,22 @@ schedule (and EMA) state plus the step counter.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
+from tqdm.auto import tqdm
 
 from rcdm_viz.config import Precision
-from rcdm_viz.runs import atomic_write_text
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import MetricsLog, atomic_write_text
 from rcdm_viz.seeding import generator_for
 
 _CKPT_PREFIX = "step-"
@@ -111,3 +117,60 @@ def load_latest_checkpoint(accelerator: Accelerator, root: Path) -> int:
     latest = found[-1]
     accelerator.load_state(str(latest))
     return int(json.loads((latest / "state.json").read_text())["step"])
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """What a training loop needs to know besides its step: names, batch size, logging and checkpoints."""
+
+    name: str  # progress-bar label, e.g. "encoder" or "decoder trunk"
+    what: str  # whose loss a non-finite-loss error names ("encoder", "decoder")
+    lr_key: str  # the config key that error tells the user to lower ("ssl.lr", "decoder.lr")
+    batch_size: int  # global images per step, for the throughput
+    log_every: int  # steps between metrics records
+    checkpoint_every: int  # steps between resumable checkpoints
+    keep_checkpoints: int  # how many checkpoints to keep
+    loss_digits: int = 3  # decimals of the loss on the progress bar
+
+
+def run_steps(
+    accelerator: Accelerator,
+    settings: LoopSettings,
+    start: int,
+    steps: int,
+    step: Callable[[int], dict[str, float]],
+    record: Callable[[int, list[dict[str, float]], float], dict],
+    log: MetricsLog,
+    ckpt_root: Path,
+    progress: bool,
+    after_step: Callable[[int], bool] | None = None,
+) -> None:
+    """Steps ``start..steps-1`` of a training loop, with what every loop needs around ``step(s)``.
+
+    ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a one-line
+    error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last record, images/s)``
+    gives the metrics record to append (it must hold "loss", shown on the progress bar, main process
+    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result).
+    ``after_step(s + 1)`` runs last; when it returns True (time spent outside training, e.g. progress
+    samples) the throughput clock restarts.
+    """
+    shown = progress and accelerator.is_main_process
+    bar = tqdm(range(start, steps), desc=settings.name, disable=not shown)
+    tick, seen, window = time.perf_counter(), 0, []
+    for s in bar:
+        logs = step(s)
+        if not math.isfinite(logs["loss"]):
+            loss, lower = logs["loss"], settings.lr_key
+            raise RcdmVizError(f"{settings.what} loss became {loss} at step {s}; lower {lower}")
+        window.append(logs)
+        seen += settings.batch_size
+        if (s + 1) % settings.log_every == 0 or s + 1 == steps:
+            rate = seen / (time.perf_counter() - tick)
+            entry = record(s + 1, window, rate)
+            log.log(**entry)
+            bar.set_postfix(loss=f"{entry['loss']:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
+            tick, seen, window = time.perf_counter(), 0, []
+        if (s + 1) % settings.checkpoint_every == 0 and s + 1 < steps:
+            save_checkpoint(accelerator, ckpt_root, s + 1, settings.keep_checkpoints)
+        if after_step is not None and after_step(s + 1):
+            tick = time.perf_counter()

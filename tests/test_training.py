@@ -1,13 +1,18 @@
-"""What both training loops share: counter-based seeds and data order, checkpoint bookkeeping."""
+"""What both training loops share: counter-based seeds and data order, checkpoint bookkeeping, the loop."""
 
 from __future__ import annotations
 
 import hashlib
+import math
+from types import SimpleNamespace
 
+import pytest
 import torch
 
+from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.runs import MetricsLog, read_metrics
 from rcdm_viz.seeding import derive_seed, generator_for, sample_seed
-from rcdm_viz.training import batch_indices, checkpoint_dirs
+from rcdm_viz.training import LoopSettings, batch_indices, checkpoint_dirs, run_steps
 
 
 def test_seeds_are_blake2b_of_their_parts_and_never_change():
@@ -42,3 +47,34 @@ def test_checkpoint_dirs_lists_complete_checkpoints_oldest_first(tmp_path):
     (tmp_path / ".tmp-step-000000300").mkdir()
     assert [p.name for p in checkpoint_dirs(tmp_path)] == [f"step-{s:09d}" for s in (3, 20, 100)]
     assert checkpoint_dirs(tmp_path / "missing") == []
+
+
+def _settings(**changes) -> LoopSettings:
+    base = dict(name="test", what="test", lr_key="test.lr", batch_size=4, log_every=3, checkpoint_every=10**9,
+                keep_checkpoints=1)
+    return LoopSettings(**{**base, **changes})
+
+
+def test_run_steps_records_every_log_every_steps_and_at_the_last(tmp_path):
+    acc = SimpleNamespace(is_main_process=True)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    windows, after = [], []
+
+    def record(step, window, rate):
+        windows.append((step, [w["loss"] for w in window]))
+        assert rate > 0
+        return {"step": step, "loss": window[-1]["loss"]}
+
+    run_steps(acc, _settings(), 2, 10, lambda s: {"loss": float(s)}, record, log, tmp_path, progress=False,
+              after_step=lambda s: after.append(s) or False)
+    assert windows == [(3, [2.0]), (6, [3.0, 4.0, 5.0]), (9, [6.0, 7.0, 8.0]), (10, [9.0])]
+    assert [r["step"] for r in read_metrics(log.path)] == [3, 6, 9, 10]
+    assert after == list(range(3, 11))
+
+
+def test_run_steps_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_path):
+    acc = SimpleNamespace(is_main_process=True)
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    with pytest.raises(RcdmVizError, match=r"^test loss became nan at step 1; lower test.lr$"):
+        run_steps(acc, _settings(), 0, 5, lambda s: {"loss": math.nan if s == 1 else 1.0},
+                  lambda s, w, r: {"loss": 0.0}, log, tmp_path, progress=False)

@@ -9,9 +9,7 @@ all layers cost about one training run.
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from diffusers.optimization import get_constant_schedule_with_warmup
 from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, DecoderConfig
 from rcdm_viz.data.sources import ImageSet, load_images
@@ -37,10 +34,11 @@ from rcdm_viz.features import cached_features
 from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write_bytes, record_config
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.training import (
+    LoopSettings,
     batch_indices,
     load_latest_checkpoint,
     make_accelerator,
-    save_checkpoint,
+    run_steps,
     shard,
 )
 
@@ -279,32 +277,30 @@ def _loop(
     progress: bool,
     snapshot: Callable[[int], Path] | None,
 ) -> None:
-    acc, dec = step_fn.accelerator, step_fn.cfg
+    dec = step_fn.cfg
     if dec.batch_size > len(images):
         raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {len(images)} training images")
     name = ALL_LAYERS if len(step_fn.layers) > 1 else step_fn.layers[0]
-    bar = tqdm(
-        range(start, dec.steps), desc=f"decoder {name}", disable=not (progress and acc.is_main_process)
-    )
-    tick, seen, window = time.perf_counter(), 0, []
-    for step in bar:
+
+    def one_step(step: int) -> dict[str, float]:
         x0, reps, which = training_batch(step_fn, images, feats, step)
-        loss = step_fn(x0, reps, step, which)
-        if not math.isfinite(loss):
-            raise RcdmVizError(f"decoder loss became {loss} at step {step}; lower decoder.lr")
-        window.append(loss)
-        seen += dec.batch_size
-        if (step + 1) % dec.log_every == 0 or step + 1 == dec.steps:
-            rate = seen / (time.perf_counter() - tick)
-            mean = sum(window) / len(window)
-            log.log(step=step + 1, loss=mean, lr=step_fn.lr_scheduler.get_last_lr()[0], images_per_s=rate)
-            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
-            tick, seen, window = time.perf_counter(), 0, []
-        if (step + 1) % dec.checkpoint_every == 0 and step + 1 < dec.steps:
-            save_checkpoint(acc, ckpt_root, step + 1, dec.keep_checkpoints)
-        if snapshot is not None and ((step + 1) % dec.sample_every == 0 or step + 1 == dec.steps):
-            snapshot(step + 1)
-            tick = time.perf_counter()  # sampling time is not training throughput
+        return {"loss": step_fn(x0, reps, step, which)}
+
+    def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
+        mean = sum(w["loss"] for w in window) / len(window)
+        return {"step": step, "loss": mean, "lr": step_fn.lr_scheduler.get_last_lr()[0], "images_per_s": rate}
+
+    def sample_progress(step: int) -> bool:
+        """Progress samples every ``sample_every`` steps and at the last (not training throughput)."""
+        if snapshot is None or (step % dec.sample_every and step != dec.steps):
+            return False
+        snapshot(step)
+        return True
+
+    settings = LoopSettings(f"decoder {name}", "decoder", "decoder.lr", dec.batch_size, dec.log_every,
+                            dec.checkpoint_every, dec.keep_checkpoints, loss_digits=4)
+    run_steps(step_fn.accelerator, settings, start, dec.steps, one_step, record, log, ckpt_root, progress,
+              sample_progress)
 
 
 def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any
 
 from rcdm_viz.encoders.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, load_encoder
 from rcdm_viz.encoders.projector import HeadSpec, HeadStyle, parse_head
@@ -21,27 +21,10 @@ __all__ = [
 ]
 
 
-def build_encoder(
-    arch: Arch | str = "resnet50",
-    width: int = 2048,
-    head: str | HeadSpec = "8192-8192-8192",
-    base_width: int = 64,
-    small_input: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    resolution: int = 224,
-) -> Encoder:
-    """Build a freshly initialised Encoder (see ``Encoder`` for the arguments).
+def build_encoder(*args: Any, **kwargs: Any) -> Encoder:
+    """Build a freshly initialised ``Encoder(*args, **kwargs)`` (see ``Encoder`` for the arguments: arch,
+    width, head, base_width, small_input, mean, std, resolution).
 
     The defaults are E/N's: ResNet-50 with D = 2048 and a VICReg-style 8192-8192-8192 projector.
     """
-    return Encoder(
-        arch=arch,
-        width=width,
-        head=head,
-        base_width=base_width,
-        small_input=small_input,
-        mean=mean,
-        std=std,
-        resolution=resolution,
-    )
+    return Encoder(*args, **kwargs)

@@ -107,24 +107,29 @@ def _heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], title:
     return _save(fig, path)
 
 
-def plot_factor_r2(summary: dict, path: Path) -> Path | None:
-    """Linear-regression R² per layer x factor (GR Figure 2)."""
-    layers = [n for n, r in summary["layers"].items() if r.get("factor_r2")]
+def _layer_matrix(summary: dict, key: str) -> tuple[list[str], list[str], list[list[float]]] | None:
+    """The layers whose row has the table ``key`` (a dict), its columns, and the layer x column values."""
+    layers = [n for n, r in summary["layers"].items() if r.get(key)]
     if not layers:
         return None
-    factors = list(summary["layers"][layers[0]]["factor_r2"])
-    matrix = [[summary["layers"][n]["factor_r2"][f] for f in factors] for n in layers]
+    cols = list(summary["layers"][layers[0]][key])
+    return layers, cols, [[summary["layers"][n][key][c] for c in cols] for n in layers]
+
+
+def plot_factor_r2(summary: dict, path: Path) -> Path | None:
+    """Linear-regression R² per layer x factor (GR Figure 2)."""
+    if (table := _layer_matrix(summary, "factor_r2")) is None:
+        return None
+    layers, factors, matrix = table
     return _heatmap(matrix, layers, factors, "Factor read-out per layer (linear regression)",
                     "validation R²", path)
 
 
 def plot_invariance(summary: dict, path: Path) -> Path | None:
     """Encoder invariance per layer x augmentation (1 = unchanged, 0 = as far as another image)."""
-    layers = [n for n, r in summary["layers"].items() if r.get("invariance")]
-    if not layers:
+    if (table := _layer_matrix(summary, "invariance")) is None:
         return None
-    augs = list(summary["layers"][layers[0]]["invariance"])
-    matrix = [[summary["layers"][n]["invariance"][a] for a in augs] for n in layers]
+    layers, augs, matrix = table
     return _heatmap(matrix, layers, augs, "Encoder invariance per layer and augmentation",
                     "invariance (1 = invariant, 0 = another image)", path, vmin=min(0.0, *map(min, matrix)))
 

@@ -7,8 +7,6 @@ declared in its ``MethodSpec``; the step only wires those parts, it never tests 
 from __future__ import annotations
 
 import copy
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, SSLConfig
 from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
@@ -31,10 +28,11 @@ from rcdm_viz.ssl.methods import Embedded, MethodSpec, byol_momentum, get_method
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.pairing import PairFn, make_pairing
 from rcdm_viz.training import (
+    LoopSettings,
     batch_indices,
     load_latest_checkpoint,
     make_accelerator,
-    save_checkpoint,
+    run_steps,
     shard,
 )
 
@@ -251,9 +249,8 @@ def _loop(
 ) -> None:
     acc, ssl = step_fn.accelerator, step_fn.cfg.ssl
     per_epoch = len(train) // ssl.batch_size
-    bar = tqdm(range(start, steps), desc="encoder", disable=not (progress and acc.is_main_process))
-    tick, seen = time.perf_counter(), 0
-    for step in bar:
+
+    def one_step(step: int) -> dict[str, float]:
         global_idx = batch_indices(len(train), ssl.batch_size, step, ssl.seed)
         partner_idx = pairing(global_idx, step)  # on the global batch: the same for any number of ranks
         idx = shard(global_idx, acc)
@@ -261,15 +258,12 @@ def _loop(
         if factor_views is not None:  # values drawn for the global batch, then sharded like it
             values = draw_factors(factor_views.names, len(global_idx), ssl.seed, step)
             partners = factor_views.render(shard(partner_idx, acc), shard(values, acc))
-        logs = step_fn(train.batch(idx), step, train.labels[idx].long(), partners)
-        seen += ssl.batch_size
-        if not math.isfinite(logs["loss"]):
-            raise RcdmVizError(f"encoder loss became {logs['loss']} at step {step}; lower ssl.lr")
-        if (step + 1) % ssl.log_every == 0 or step + 1 == steps:
-            rate = seen / (time.perf_counter() - tick)
-            lr = step_fn.scheduler.get_last_lr()[0]
-            log.log(step=step + 1, epoch=(step + 1) / per_epoch, lr=lr, images_per_s=rate, **logs)
-            bar.set_postfix(loss=f"{logs['loss']:.3f}", img_s=f"{rate:.0f}")
-            tick, seen = time.perf_counter(), 0
-        if (step + 1) % ssl.checkpoint_every == 0 and step + 1 < steps:
-            save_checkpoint(acc, ckpt_root, step + 1, ssl.keep_checkpoints)
+        return step_fn(train.batch(idx), step, train.labels[idx].long(), partners)
+
+    def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
+        lr = step_fn.scheduler.get_last_lr()[0]
+        return {"step": step, "epoch": step / per_epoch, "lr": lr, "images_per_s": rate, **window[-1]}
+
+    settings = LoopSettings("encoder", "encoder", "ssl.lr", ssl.batch_size, ssl.log_every,
+                            ssl.checkpoint_every, ssl.keep_checkpoints)
+    run_steps(acc, settings, start, steps, one_step, record, log, ckpt_root, progress)
