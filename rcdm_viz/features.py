@@ -14,20 +14,19 @@ runs the encoder.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import Encoder
-from rcdm_viz.runs import atomic_write
 
 # ------------------------------------------------------------------------------------------ encoding
 
@@ -113,40 +112,151 @@ class Storage(StrEnum):
     BITS = "bits"  # 1[x > 0] packed along D, [N, ceil(D / 8)] uint8 (E/N §4.3)
 
 
+_DTYPES = {Storage.FLOAT16: ("F16", np.float16), Storage.BITS: ("U8", np.uint8)}
+
+
+class FeatureTable:
+    """Features [N, D] of one layer, read by rows: ``table[idx]`` is float16 [len(idx), D] on the CPU.
+
+    float16 tables are a read-only memory map of the cache file, so only the pages a batch touches are
+    read, and they are page cache (reclaimable), not the process's anonymous memory. Packed bits are small
+    (D / 8 bytes a row) and stay packed in memory; ``table[idx]`` unpacks just those rows.
+    """
+
+    def __init__(self, rows: np.ndarray, dim: int, storage: Storage) -> None:
+        self.rows, self.dim, self.storage = rows, dim, Storage(storage)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows.shape[0], self.dim)
+
+    dtype = torch.float16
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __getitem__(self, idx: Tensor | slice | np.ndarray) -> Tensor:
+        if isinstance(idx, Tensor):
+            idx = idx.cpu().numpy()
+        if isinstance(idx, np.ndarray) and idx.size > 1:
+            # Sorted reads walk the file forwards (readahead helps); the order is restored after.
+            order = np.argsort(idx, kind="stable")
+            picked = np.empty((idx.size, self.rows.shape[1]), self.rows.dtype)
+            picked[order] = self.rows[idx[order]]
+        else:
+            picked = np.array(self.rows[idx])
+        if self.storage is Storage.BITS:
+            return unpack_bits(torch.from_numpy(picked.reshape(-1, self.rows.shape[1])), self.dim)
+        return torch.from_numpy(picked)
+
+    def float(self, batch: int = 4096) -> Tensor:
+        """Every row as float32 [N, D] in memory (only for small sets: the probes' own splits)."""
+        out = torch.empty(self.shape)
+        for start in range(0, len(self), batch):
+            out[start : start + batch] = self[slice(start, start + batch)].float()
+        return out
+
+
 def _path(root: Path, layer: str) -> Path:
     return Path(root) / f"{layer}.safetensors"
 
 
-def _read(path: Path, meta: dict[str, str]) -> Tensor | None:
-    """The cached features at ``path`` (float16 [N, D]) if its metadata matches ``meta``, else None."""
+def _header(path: Path) -> tuple[dict, int]:
+    """The safetensors header of ``path`` and the file offset where its data begins."""
+    with open(path, "rb") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(size)), 8 + size
+
+
+def open_table(path: Path, meta: dict[str, str] | None = None) -> FeatureTable | None:
+    """The cache file at ``path`` as a FeatureTable if its metadata matches ``meta`` (any when None)."""
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            stored = fh.metadata() or {}
-            if {k: v for k, v in stored.items() if k != "dim"} != meta:
-                return None
-            feats = fh.get_tensor("features")
-        if meta["storage"] == Storage.BITS:
-            return unpack_bits(feats, int(stored["dim"]))
-        return feats
-    except (OSError, ValueError, RuntimeError, KeyError):  # a torn or corrupt file is recomputed
+        header, begin = _header(path)
+        stored = header.get("__metadata__") or {}
+        if meta is not None and {k: v for k, v in stored.items() if k != "dim"} != meta:
+            return None
+        storage = Storage(stored.get("storage", Storage.FLOAT16))
+        entry, (tag, dtype) = header["features"], _DTYPES[storage]
+        (n, width), (lo, hi) = entry["shape"], entry["data_offsets"]
+        if entry["dtype"] != tag or hi - lo != n * width * np.dtype(dtype).itemsize:
+            return None
+        if path.stat().st_size < begin + hi:  # torn: the data stops short
+            return None
+        rows = np.memmap(path, dtype=dtype, mode="r", offset=begin + lo, shape=(n, width)) if n else \
+            np.zeros((0, width), dtype)
+        dim = int(stored.get("dim", width))
+        if storage is Storage.BITS:
+            rows = np.array(rows)  # packed bits are small: held in memory, unpacked per batch
+        return FeatureTable(rows, dim, storage)
+    except (OSError, ValueError, KeyError, TypeError):  # a torn or corrupt file is recomputed
         return None
 
 
-def _write(path: Path, feats: Tensor, meta: dict[str, str]) -> None:
-    atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, str(tmp), metadata=meta))
+class FeatureWriter:
+    """Writes one layer's cache file batch by batch (a safetensors file, valid only once closed).
+
+    The header needs N and D, both known before the first batch; rows are appended as they come, so
+    writing never holds more than one batch. The file is written under a temporary name and renamed.
+    """
+
+    def __init__(self, path: Path, n: int, dim: int, meta: dict[str, str]) -> None:
+        self.path, self.n, self.dim, self.meta = Path(path), n, dim, dict(meta)
+        self.storage = Storage(meta["storage"])
+        tag, dtype = _DTYPES[self.storage]
+        width = -(-dim // 8) if self.storage is Storage.BITS else dim
+        if self.storage is Storage.BITS:
+            self.meta["dim"] = str(dim)
+        nbytes = n * width * np.dtype(dtype).itemsize
+        header = {"features": {"dtype": tag, "shape": [n, width], "data_offsets": [0, nbytes]},
+                  "__metadata__": self.meta}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by close()
+        self.fh.write(len(raw).to_bytes(8, "little") + raw)
+        self.written = 0
+
+    def add(self, feats: Tensor) -> None:
+        """Append float rows [B, D]."""
+        if self.storage is Storage.BITS:
+            rows = pack_bits(feats).numpy()
+        else:
+            rows = feats.to(torch.float16).cpu().numpy()
+        self.fh.write(np.ascontiguousarray(rows).tobytes())
+        self.written += rows.shape[0]
+
+    def close(self) -> None:
+        if self.written != self.n:
+            self.fh.close()
+            raise RuntimeError(f"feature cache {self.path}: {self.written} rows written, {self.n} expected")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
 
 
-def _store(path: Path, feats: Tensor, meta: dict[str, str]) -> Tensor:
-    """Write ``feats`` [N, D] (float32) in the storage ``meta`` names; return what a later read returns."""
-    if meta["storage"] == Storage.BITS:
-        packed = pack_bits(feats)
-        _write(path, packed, {**meta, "dim": str(feats.shape[1])})
-        return unpack_bits(packed, feats.shape[1])
-    half = feats.to(torch.float16)
-    _write(path, half, meta)
-    return half
+@torch.no_grad()
+def _extract_to_files(
+    encoder: Encoder, images: ImageSet, layers: Sequence[str], root: Path, meta: dict[str, str],
+    batch_size: int, progress: bool,
+) -> None:
+    """One encoder pass over ``images`` (eval mode), each batch appended to every layer's cache file."""
+    encoder.eval()
+    device, n = _device(encoder), len(images)
+    writers: dict[str, FeatureWriter] = {}
+    for start in tqdm(range(0, n, batch_size), desc="features", disable=not progress, leave=False):
+        chunk = images.batch(torch.arange(start, min(n, start + batch_size))).to(device)
+        out = encoder(chunk, layers=list(layers))
+        for name in layers:
+            feats = out[name].float().flatten(1).cpu()
+            if name not in writers:
+                writers[name] = FeatureWriter(_path(root, name), n, feats.shape[1], meta)
+            writers[name].add(feats)
+    for writer in writers.values():
+        writer.close()
 
 
 def cached_features(
@@ -158,9 +268,9 @@ def cached_features(
     batch_size: int = 256,
     progress: bool = False,
     binarize: bool = False,
-) -> dict[str, Tensor]:
-    """Features [N, D] (float16) of ``layers`` for ``images``, from the cache under ``root`` or computed in
-    one pass (only the layers whose file is missing or stale).
+) -> dict[str, FeatureTable]:
+    """Features [N, D] of ``layers`` for ``images`` as FeatureTables (rows read per batch, float16), from
+    the cache under ``root`` or computed in one pass (only the layers whose file is missing or stale).
 
     ``images_key`` identifies the image set (default: ``images.key``, set by ``load_images``): together with
     the encoder's fingerprint and the storage kind it decides whether a cached file is still valid. With
@@ -169,10 +279,10 @@ def cached_features(
     key = images.key if images_key is None else images_key
     storage = (Storage.BITS if binarize else Storage.FLOAT16).value
     meta = {"encoder": encoder.fingerprint(), "images": key, "n": str(len(images)), "storage": storage}
-    found = {name: _read(_path(root, name), meta) for name in layers}
-    missing = [name for name, feats in found.items() if feats is None]
+    found = {name: open_table(_path(root, name), meta) for name in layers}
+    missing = [name for name, table in found.items() if table is None]
     if missing:
-        fresh = extract_features(encoder, images, missing, batch_size=batch_size, progress=progress)
+        _extract_to_files(encoder, images, missing, Path(root), meta, batch_size, progress)
         for name in missing:
-            found[name] = _store(_path(root, name), fresh.pop(name), meta)
+            found[name] = open_table(_path(root, name), meta)
     return found  # type: ignore[return-value]
