@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resolution", type=int, required=True, help="side in pixels (short side, centre crop)")
     c.add_argument("--out", required=True, help="cache directory (use: data.source=cache, data.root)")
     c.add_argument("--workers", type=int, default=0, help="decoding threads (default: one per core)")
+    c.add_argument("--chunk", type=int, default=1024, help="images between saved progress points (resume)")
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -118,7 +119,9 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "cache":
         from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
 
-        meta = write_cache(args.data, args.resolution, args.out, args.workers, progress=not args.no_progress)
+        meta = write_cache(
+            args.data, args.resolution, args.out, args.workers, not args.no_progress, args.chunk
+        )
         counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
         print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
         return 0

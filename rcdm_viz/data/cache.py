@@ -7,17 +7,21 @@ Layout of a cache directory (``rcdm-viz cache --data DIR --resolution R --out CA
     CACHE/<split>-labels.npy        int64 [N]
 
 Training then only indexes pages of a memory map: loading never limits a GPU. Arrays are written under
-temporary names and moved into place, so an interrupted run never leaves a cache that looks complete.
+temporary names and moved into place, so an interrupted run never leaves a cache that looks complete;
+run again, it resumes from its last saved chunk (``_Partial``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from rcdm_viz.data.folder import Skipped, decode_many, index_folder, split_dir
 from rcdm_viz.errors import RcdmVizError
@@ -25,6 +29,7 @@ from rcdm_viz.runs import atomic_write, read_json, write_json
 
 FORMAT = "rcdm_viz.cache/1"
 META = "meta.json"
+CHUNK = 1024  # images decoded between two saved progress points (what a kill can cost)
 
 
 def _splits(root: Path) -> list[str]:
@@ -35,11 +40,19 @@ def _splits(root: Path) -> list[str]:
 
 
 def write_cache(
-    data: str | Path, resolution: int, out: str | Path, workers: int = 0, progress: bool = True
+    data: str | Path,
+    resolution: int,
+    out: str | Path,
+    workers: int = 0,
+    progress: bool = True,
+    chunk: int = CHUNK,
 ) -> dict:
     """Decode every split of the image folder ``data`` at ``resolution`` into the cache ``out``.
 
-    Unreadable files are skipped, counted in meta.json and reported in one warning per split.
+    Unreadable files are skipped, counted in meta.json and reported in one warning per split. Images are
+    decoded by threads, ``chunk`` at a time, straight into a memory-mapped array on disk (memory holds one
+    chunk); after each chunk the progress is saved, so a killed run started again with the same arguments
+    resumes where it stopped and ends with the same bytes as an uninterrupted one.
     Returns the meta dict written.
     """
     if resolution < 1:
@@ -59,7 +72,7 @@ def write_cache(
         if "classes" in meta and meta["classes"] != index.classes:
             raise RcdmVizError(f"'{index.root}' has different class subfolders from the train split")
         meta["classes"] = index.classes
-        n, skipped = _write_split(index.files, index.labels, resolution, out, split, workers, progress)
+        n, skipped = _write_split(index.files, index.labels, resolution, out, split, workers, progress, chunk)
         skipped.warn(str(index.root))
         meta["splits"][split] = n
         meta["skipped"][split] = sorted(skipped.reasons)
@@ -67,42 +80,104 @@ def write_cache(
     return meta
 
 
-def _write_split(
-    files: list[Path], labels: list[int], resolution: int, out: Path, split: str, workers: int, progress: bool
-) -> tuple[int, Skipped]:
-    tmp = out / f".{split}.tmp.npy"
-    images = np.lib.format.open_memmap(
-        tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, resolution, resolution)
-    )
-    kept: list[int] = []
-    skipped = Skipped()
-    for i, img in decode_many(files, resolution, workers, progress, desc=f"cache {split}"):
-        if isinstance(img, str):
-            skipped.reasons[str(files[i])] = img
-        else:
-            images[len(kept)] = img.numpy()
-            kept.append(i)
-    if not kept:
-        raise RcdmVizError(f"no readable image in '{files[0].parent.parent}' ({len(files)} file(s) skipped)")
-    if len(kept) < len(files):  # rewrite at the final size (rare: only when files were skipped)
-        final = np.lib.format.open_memmap(
-            out / f".{split}.tmp2.npy",
-            mode="w+",
-            dtype=np.uint8,
-            shape=(len(kept), 3, resolution, resolution),
+class _Partial:
+    """The resumable state of one split being cached, next to the final files:
+
+    ``.<split>.partial.npy`` uint8 [F,3,R,R] (image i of the F files at row i), ``.<split>.status.npy``
+    uint8 [F] (0 = not yet, 1 = decoded, 2 = skipped), ``.<split>.skipped.jsonl`` (path and reason of each
+    skipped file) and ``.<split>.job.json`` (what is being cached: a differing job starts afresh). A chunk's
+    rows are flushed before its status, so a status byte never claims an image the file does not hold.
+    """
+
+    def __init__(self, out: Path, split: str, files: list[Path], resolution: int) -> None:
+        self.paths = {
+            k: out / f".{split}.{k}" for k in ("partial.npy", "status.npy", "skipped.jsonl", "job.json")
+        }
+        job = {
+            "resolution": resolution,
+            "files": len(files),
+            "list": hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest(),
+        }
+        fresh = not all(p.is_file() for p in self.paths.values()) or read_json(self.paths["job.json"]) != job
+        if fresh:
+            self.discard()
+            write_json(self.paths["job.json"], job)
+        mode, shape = ("w+" if fresh else "r+"), (len(files), 3, resolution, resolution)
+        self.images = np.lib.format.open_memmap(
+            self.paths["partial.npy"], mode=mode, dtype=np.uint8, shape=shape
         )
-        for start in range(0, len(kept), 4096):
-            stop = min(start + 4096, len(kept))
-            final[start:stop] = images[start:stop]
+        self.status = np.lib.format.open_memmap(
+            self.paths["status.npy"], mode=mode, dtype=np.uint8, shape=(len(files),)
+        )
+        if fresh:
+            self.paths["skipped.jsonl"].write_text("")
+
+    def skipped(self) -> Skipped:
+        """Files skipped so far (a line of a chunk redone after a kill appears twice: same reason)."""
+        out = Skipped()
+        for line in self.paths["skipped.jsonl"].read_text().splitlines():
+            if line.strip():
+                path, reason = json.loads(line)
+                out.reasons[path] = reason
+        return out
+
+    def commit(self, start: int, status: np.ndarray, reasons: dict[str, str]) -> None:
+        """Make rows ``start..start+len(status)`` durable, then mark them done."""
+        self.images.flush()
+        if reasons:
+            with open(self.paths["skipped.jsonl"], "a") as fh:
+                fh.writelines(json.dumps([p, r]) + "\n" for p, r in reasons.items())
+        self.status[start : start + len(status)] = status
+        self.status.flush()
+
+    def discard(self) -> None:
+        for path in self.paths.values():
+            path.unlink(missing_ok=True)
+
+
+def _write_split(
+    files: list[Path],
+    labels: list[int],
+    resolution: int,
+    out: Path,
+    split: str,
+    workers: int,
+    progress: bool,
+    chunk: int = CHUNK,
+) -> tuple[int, Skipped]:
+    """Decode ``files`` chunk by chunk into the resumable partial array, then move the kept rows in place."""
+    part = _Partial(out, split, files, resolution)
+    todo = [s for s in range(0, len(files), chunk) if not part.status[s : s + chunk].all()]
+    for start in tqdm(todo, desc=f"cache {split}", unit="chunk", disable=not progress, leave=False):
+        names = files[start : start + chunk]
+        status, reasons = np.ones(len(names), np.uint8), {}
+        for i, img in decode_many(names, resolution, workers):
+            if isinstance(img, str):
+                status[i], reasons[str(names[i])] = 2, img
+            else:
+                part.images[start + i] = img.numpy()
+        part.commit(start, status, reasons)
+    kept = np.flatnonzero(np.asarray(part.status) == 1)
+    skipped = part.skipped()
+    if not len(kept):
+        raise RcdmVizError(f"no readable image in '{files[0].parent.parent}' ({len(files)} file(s) skipped)")
+    tmp = out / f".{split}.tmp.npy"
+    if len(kept) < len(files):  # compact to the readable images (rare: only when files were skipped)
+        final = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.uint8, shape=(len(kept), 3, resolution, resolution)
+        )
+        for s in range(0, len(kept), 4096):
+            final[s : s + 4096] = part.images[kept[s : s + 4096]]
         final.flush()
-        del images
-        os.replace(out / f".{split}.tmp2.npy", tmp)
+        del final
     else:
-        images.flush()
-        del images
+        part.images.flush()
+        os.replace(part.paths["partial.npy"], tmp)
     kept_labels = np.asarray([labels[i] for i in kept], dtype=np.int64)
-    atomic_write(out / f"{split}-labels.npy", lambda tmp: _save_npy(tmp, kept_labels))
+    atomic_write(out / f"{split}-labels.npy", lambda t: _save_npy(t, kept_labels))
     os.replace(tmp, out / f"{split}.npy")
+    del part.images, part.status
+    part.discard()
     return len(kept), skipped
 
 
