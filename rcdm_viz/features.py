@@ -214,7 +214,7 @@ class FeatureWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # one per writer
         self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed by close()
         self.fh.write(len(raw).to_bytes(8, "little") + raw)
         self.written = 0

@@ -16,6 +16,7 @@ from torch import nn
 
 from rcdm_viz.config import BetaSchedule, PredictionType, parse_enum
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.seeding import generator_for
 
 
 def make_noise_scheduler(
@@ -37,13 +38,29 @@ def make_noise_scheduler(
     )
 
 
+class RowGenerators:
+    """One generator per row of a batch, seeded by (seed, "diffusion", step, global row): the draws of a row
+    are the same whichever process and micro-batch it lands in, so N processes (or accumulation) train
+    exactly like one process with the global batch."""
+
+    def __init__(self, seed: int, step: int, rows: torch.Tensor) -> None:
+        self.gens = [generator_for(seed, "diffusion", step, int(r)) for r in rows]
+
+    def draw(self, shape: torch.Size, num_timesteps: int, bias: float, p_uncond: float):
+        """(t long [n], noise [n, ...], uncond bool [n]), each row from its own generator."""
+        t = torch.cat([sample_timesteps(1, num_timesteps, bias, g) for g in self.gens])
+        noise = torch.stack([torch.randn(shape[1:], generator=g) for g in self.gens])
+        uncond = torch.cat([torch.rand(1, generator=g) < p_uncond for g in self.gens])
+        return t, noise, uncond
+
+
 def diffusion_loss(
     decoder: nn.Module,
     x0: torch.Tensor,
     reps: torch.Tensor,
     layer: str | torch.Tensor,
     scheduler: DDPMScheduler,
-    generator: torch.Generator,
+    generator: torch.Generator | RowGenerators,
     p_uncond: float = 0.1,
     snr_gamma: float = 0.0,
     timestep_bias: float = 0.0,
@@ -58,19 +75,23 @@ def diffusion_loss(
     x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise; the target is the noise (``epsilon``), the velocity
     (``v_prediction``) or x0 (``sample``).  Each row's condition is replaced by the null embedding with
     probability ``p_uncond``.  All randomness comes from ``generator``, drawn in the fixed order t, noise,
-    dropout mask, so a resumed run replays the same stream.  ``decoder`` may be an ``RCDMDecoder`` or a DDP
-    wrapper of one.  Returns a float32 scalar.
+    dropout mask, so a resumed run replays the same stream (``RowGenerators``: one stream per row).
+    ``decoder`` may be an ``RCDMDecoder`` or a DDP wrapper of one.  Returns a float32 scalar.
     ``snr_gamma`` > 0 weights each row by ``min_snr_weight``.
     """
     if x0.ndim != 4 or x0.shape[1] != 3:
         raise RcdmVizError(f"x0 must have shape [N, 3, H, W], got {list(x0.shape)}")
     if not 0.0 <= p_uncond <= 1.0:
         raise RcdmVizError(f"p_uncond must be in [0, 1], got {p_uncond}")
-    n, gen_dev = x0.shape[0], generator.device
-    # Drawn on the generator's own device so the numbers depend only on its state, not on x0's device.
-    t = sample_timesteps(n, scheduler.config.num_train_timesteps, timestep_bias, generator)
-    noise = torch.randn(x0.shape, generator=generator, device=gen_dev)
-    uncond = torch.rand(n, generator=generator, device=gen_dev) < p_uncond
+    steps = scheduler.config.num_train_timesteps
+    if isinstance(generator, RowGenerators):
+        t, noise, uncond = generator.draw(x0.shape, steps, timestep_bias, p_uncond)
+    else:
+        n, gen_dev = x0.shape[0], generator.device
+        # Drawn on the generator's own device so the numbers depend only on its state, not on x0's device.
+        t = sample_timesteps(n, steps, timestep_bias, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=gen_dev)
+        uncond = torch.rand(n, generator=generator, device=gen_dev) < p_uncond
     t, uncond = t.to(x0.device), uncond.to(x0.device)
     noise = noise.to(device=x0.device, dtype=x0.dtype)
     x_t = scheduler.add_noise(x0, noise, t)

@@ -27,7 +27,7 @@ from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.decoder.grids import png_bytes, sample_grid
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.sampling import sample
-from rcdm_viz.decoder.schedule import diffusion_loss
+from rcdm_viz.decoder.schedule import RowGenerators, diffusion_loss
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
@@ -109,7 +109,7 @@ class DecoderStep:
 
     def __call__(self, x0: Tensor, reps: Tensor, step: int, layer_index: Tensor | None = None) -> float:
         """x0: float [n,3,H,W] in [-1,1]; reps: [n,D] of ``layers[0]``, or packed [n, width] with
-        ``layer_index`` [n] (shared decoder). Returns the mean loss."""
+        ``layer_index`` [n] (shared decoder). Returns the mean loss over the global batch."""
         acc, k = self.accelerator, self.cfg.grad_accum_steps
         device = acc.device
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
@@ -118,9 +118,10 @@ class DecoderStep:
         layer = layer_index.to(device) if layer_index is not None else self.layers[0]
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=device)
+        first = acc.process_index * x0.shape[0]  # shards are equal (batch_size % processes == 0)
         for micro, rows in enumerate(torch.arange(x0.shape[0]).chunk(k)):
-            gen = generator_for(self.cfg.seed, "diffusion", step, acc.process_index, micro)
+            gen = RowGenerators(self.cfg.seed, step, first + rows)
             last = micro == k - 1
             sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
             part = layer if isinstance(layer, str) else layer[rows]
@@ -131,11 +132,11 @@ class DecoderStep:
                         self.cfg.p_uncond, self.cfg.snr_gamma, self.cfg.timestep_bias,
                     )
                 acc.backward(loss / k)
-            total += float(loss.detach()) / k
+            total += loss.detach().float() / k
         self.optimizer.step()
         self.lr_scheduler.step()
         self.ema.step(acc.unwrap_model(self.model).parameters())
-        return total
+        return float(acc.reduce(total, "mean"))  # the global batch's loss, the same on every rank
 
     def ema_decoder(self) -> RCDMDecoder:
         """The trained decoder with the EMA weights copied in (RCDM/ADM sample with them), in eval mode."""
@@ -190,7 +191,8 @@ def train_decoder(
     accelerator = make_accelerator(dec.precision)
     _check_decoder_config(dec, accelerator.num_processes)
     main = accelerator.is_main_process
-    images, feats = training_data(cfg, encoder, layers, run, progress and main)
+    with accelerator.main_process_first():  # one process writes the feature cache, the others read it
+        images, feats = training_data(cfg, encoder, layers, run, progress and main)
     dims = {name: feats[name].shape[1] for name in layers}
     step_fn = make_decoder_step(dec, dims, encoder.fingerprint(), accelerator)
     ckpt_root = run.checkpoints(f"decoder-{layer}")
@@ -288,7 +290,9 @@ def _loop(
 
     def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
         mean = sum(w["loss"] for w in window) / len(window)
-        return {"step": step, "loss": mean, "lr": step_fn.lr_scheduler.get_last_lr()[0], "images_per_s": rate}
+        lr = step_fn.lr_scheduler.get_last_lr()[0]
+        processes = step_fn.accelerator.num_processes  # what the throughput was measured on
+        return {"step": step, "loss": mean, "lr": lr, "images_per_s": rate, "processes": processes}
 
     def sample_progress(step: int) -> bool:
         """Progress samples every ``sample_every`` steps and at the last (not training throughput)."""

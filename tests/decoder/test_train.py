@@ -19,7 +19,8 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
 from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.sample_run import interpolate_layers, load_decoders
-from tests.conftest import tiny_config
+from tests._spawn import accelerate_launch
+from tests.conftest import TINY, tiny_config
 
 TINY_DEC = dict(resolution=16, block_out_channels=(16, 16), layers_per_block=1, norm_num_groups=8)
 
@@ -203,3 +204,27 @@ def test_decoder_of_another_encoder_is_refused(tiny_run, tmp_path):
     )
     with pytest.raises(RcdmVizError, match=r"expects 7-d.*gives 32"):
         load_decoders(run, ["trunk"], encoder)
+
+
+def test_accelerate_launch_on_two_processes_trains_like_one(tiny_run, tmp_path):
+    """`accelerate launch` (2 gloo processes, 8 images each) == one process with the global batch of 16:
+    same losses and same weights, shared decoder with gradient accumulation included."""
+    sets = ["decoder.steps=3", "decoder.grad_accum_steps=2", "decoder.checkpoint_every=2"]
+    one = run_with_encoder(tiny_run, tmp_path, "one")
+    train_decoder(tiny_config(*sets), one, "all", progress=False)
+    two = run_with_encoder(tiny_run, tmp_path, "two")
+    overrides = [arg for kv in TINY + sets for arg in ("--set", kv)]
+    args = ["rcdm_viz.cli", "train-decoder", "--run", str(two.root), "--layer", "all", "--no-progress"]
+    done = accelerate_launch(args + overrides, 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want, got = (
+        read_metrics(one.decoder("all") / "metrics.jsonl"),
+        read_metrics(two.decoder("all") / "metrics.jsonl"),
+    )
+    assert [(r["step"], r["processes"]) for r in got] == [(1, 2), (2, 2), (3, 2)]
+    for a, b in zip(want, got, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (a, b)
+    name = "diffusion_pytorch_model.safetensors"
+    w_one, w_two = load_file(one.decoder("all") / name), load_file(two.decoder("all") / name)
+    for key, value in w_one.items():
+        torch.testing.assert_close(w_two[key], value, rtol=1e-4, atol=1e-6, msg=key)
