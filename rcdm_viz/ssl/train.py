@@ -262,7 +262,9 @@ def _loop(
 
     def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
         lr = step_fn.scheduler.get_last_lr()[0]
-        return {"step": step, "epoch": step / per_epoch, "lr": lr, "images_per_s": rate, **window[-1]}
+        epoch, processes = step / per_epoch, acc.num_processes  # processes: what the throughput ran on
+        rates = {"images_per_s": rate, "processes": processes}
+        return {"step": step, "epoch": epoch, "lr": lr, **rates, **window[-1]}
 
     settings = LoopSettings("encoder", "encoder", "ssl.lr", ssl.batch_size, ssl.log_every,
                             ssl.checkpoint_every, ssl.keep_checkpoints)

@@ -20,7 +20,7 @@ from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.ssl.batchnorm import GlobalBatchNorm
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.train import build_ssl_step, train_encoder
-from tests._spawn import free_port, spawn_ranks
+from tests._spawn import accelerate_launch, free_port, spawn_ranks
 from tests.conftest import TINY, tiny_config
 
 
@@ -241,3 +241,18 @@ def test_width_presets_differ_only_in_width():
         k: load_config(f"gr-positives-{k}").ssl.method.value for k in ("augment", "class", "neighbour")
     }
     assert methods == {"augment": "simclr", "class": "simclr_class", "neighbour": "simclr_neighbour"}
+
+
+def test_train_encoder_under_accelerate_launch(tmp_path):
+    """`accelerate launch` runs `train-encoder` on 2 gloo processes as torchrun does: one bundle, rank 0's
+    metrics (the step equivalence itself is test_two_processes_train_like_one)."""
+    sets = ["ssl.epochs=1", "ssl.batch_size=16", "data.n_train=32"]
+    overrides = [arg for kv in TINY + sets for arg in ("--set", kv)]
+    run = RunDir(tmp_path / "run")
+    args = ["rcdm_viz.cli", "train-encoder", "--run", str(run.root), "--no-progress", *overrides]
+    done = accelerate_launch(args, 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(run.encoder_metrics)
+    assert [(r["step"], r["processes"]) for r in rows] == [(1, 2), (2, 2)]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert (run.encoder / "model.safetensors").is_file()
