@@ -6,8 +6,11 @@ Both pairings are pure functions of (data, seed, step), so resuming replays them
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,7 +18,8 @@ from torch import Tensor
 from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.features import encode_batches
+from rcdm_viz.features import FeatureTable, cached_features
+from rcdm_viz.runs import atomic_write, read_json, write_json
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.methods import Pairing
 
@@ -41,34 +45,79 @@ def class_partners(labels: Tensor, idx: Tensor, generator: torch.Generator) -> T
 
 
 @torch.no_grad()
-def nearest_neighbours(features: Tensor, chunk: int = 4096) -> Tensor:
-    """Index of each row's nearest other row under cosine similarity: features [N, D] -> long [N]."""
-    if features.shape[0] < 2:
+def nearest_neighbours(
+    features: Tensor | FeatureTable, chunk: int = 4096, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Index of each row's nearest other row under cosine similarity: features [N, D] -> long [N].
+
+    Blocks of ``chunk`` queries against blocks of ``chunk`` keys, rows read per block (a FeatureTable is
+    a memory map), so memory holds a few blocks, never [N, D] nor [N, N]. Ties go to the lowest index.
+    """
+    n = features.shape[0]
+    if n < 2:
         raise RcdmVizError("neighbour positives need at least 2 training images")
-    z = F.normalize(features.float(), dim=1)
-    out = torch.empty(z.shape[0], dtype=torch.long)
-    for start in range(0, z.shape[0], chunk):
-        sim = z[start : start + chunk] @ z.T
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + start] = float("-inf")  # exclude self
-        out[start : start + chunk] = sim.argmax(1).cpu()
+
+    def block(start: int) -> Tensor:
+        return F.normalize(features[start : start + chunk].to(device).float(), dim=1)
+
+    out = torch.empty(n, dtype=torch.long)
+    for q in range(0, n, chunk):
+        query = block(q)
+        best = torch.full((query.shape[0],), float("-inf"), device=device)
+        best_idx = torch.zeros(query.shape[0], dtype=torch.long, device=device)
+        for k in range(0, n, chunk):
+            sim = query @ block(k).T
+            if k == q:
+                rows = torch.arange(sim.shape[0], device=device)
+                sim[rows, rows] = float("-inf")  # exclude self
+            value, idx = sim.max(1)
+            better = value > best  # strict: an earlier block keeps a tie, as one argmax over the row would
+            best = torch.where(better, value, best)
+            best_idx = torch.where(better, idx + k, best_idx)
+        out[q : q + chunk] = best_idx.cpu()
     return out
 
 
-def trunk_features(bundle: str, images: ImageSet, device: torch.device, batch_size: int = 256) -> Tensor:
-    """Trunk features [N, D] of every image under the encoder bundle at ``bundle`` (eval mode)."""
+def neighbour_table(
+    bundle: str, images: ImageSet, device: torch.device, cache: Path, batch_size: int = 256
+) -> Tensor:
+    """Nearest neighbours (long [N]) of every image in the trunk space of the encoder bundle at ``bundle``.
+
+    Trunk features go through the feature cache under ``cache`` (memory-mapped); the table itself is kept
+    there too (``neighbours.npy``, with the encoder and image set it belongs to), so that it is computed
+    once, not once per process or per run of the same data.
+    """
     if not bundle:
         raise RcdmVizError("method 'simclr_neighbour' needs ssl.reference_encoder (an encoder bundle path)")
     encoder = load_encoder(bundle).to(device)
-    return encode_batches(encoder, images, ["trunk"], batch_size)["trunk"]
+    meta = {"encoder": encoder.fingerprint(), "images": images.key, "n": len(images)}
+    table, info = Path(cache) / "neighbours.npy", Path(cache) / "neighbours.json"
+    if table.is_file() and info.is_file() and read_json(info) == meta:
+        return torch.from_numpy(np.load(table))
+    trunk = cached_features(encoder, images, ["trunk"], cache, batch_size=batch_size)["trunk"]
+    neighbours = nearest_neighbours(trunk, device=device)
+    atomic_write(table, lambda tmp: _save_npy(tmp, neighbours.numpy()))
+    write_json(info, meta)
+    return neighbours
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append ".npy" to the temp file's name
+        np.save(fh, array)
 
 
 def make_pairing(
-    pairing: Pairing, train: ImageSet, seed: int, reference: str, device: torch.device
+    pairing: Pairing,
+    train: ImageSet,
+    seed: int,
+    reference: str,
+    device: torch.device,
+    cache: Path | None = None,
 ) -> PairFn:
     """The function (global batch indices, step) -> partner indices for ``pairing``.
 
-    For neighbours, the reference encoder embeds the whole training set once, here.
+    For neighbours, the reference encoder embeds the whole training set once, here (``neighbour_table``,
+    kept under ``cache``; a temporary directory when None).
     """
     if pairing is Pairing.AUGMENT:
         return lambda idx, step: idx
@@ -79,5 +128,9 @@ def make_pairing(
             return class_partners(labels, idx, generator_for(seed, "class-pairs", step))
 
         return same_class
-    neighbours = nearest_neighbours(trunk_features(reference, train, device))
+    if cache is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            neighbours = neighbour_table(reference, train, device, Path(tmp))
+    else:
+        neighbours = neighbour_table(reference, train, device, cache)
     return lambda idx, step: neighbours[idx]

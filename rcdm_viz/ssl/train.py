@@ -219,7 +219,9 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
     step_fn, encoder = build_ssl_step(
         cfg, accelerator, train.num_classes, steps, len(train) // cfg.ssl.batch_size
     )
-    pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder, accelerator.device)
+    with accelerator.main_process_first():  # one process computes a neighbour table, the others read it
+        pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder,
+                               accelerator.device, run.features / "neighbour-reference")
     factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root = run.checkpoints("encoder")
     start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0

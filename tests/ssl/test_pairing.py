@@ -39,3 +39,22 @@ def test_make_pairing_augment_is_the_image_and_class_pairs_replay_per_step():
     assert torch.equal(labels[pair(idx, 7)], labels) and not torch.equal(pair(idx, 7), idx)
     with pytest.raises(RcdmVizError, match="reference_encoder"):
         make_pairing(Pairing.NEIGHBOUR, train, seed=0, reference="", device=torch.device("cpu"))
+
+
+def test_nearest_neighbours_read_a_memory_mapped_table_by_blocks(tmp_path):
+    """Blocks of queries against blocks of keys, read from the feature cache's memory map: the brute-force
+    answer (ties included: duplicated rows), never [N, D] or [N, N] in memory."""
+    from rcdm_viz.features import FeatureWriter, open_table
+
+    feats = torch.randn(23, 6, generator=torch.Generator().manual_seed(0))
+    feats[7] = feats[2]  # a tie for whoever is nearest to row 2's twin
+    meta = {"encoder": "e", "images": "i", "n": "23", "storage": "float16"}
+    writer = FeatureWriter(tmp_path / "trunk.safetensors", 23, 6, meta)
+    writer.add(feats[:10])
+    writer.add(feats[10:])
+    writer.close()
+    table = open_table(tmp_path / "trunk.safetensors", meta)
+    z = torch.nn.functional.normalize(feats.half().float(), dim=1)
+    sim = z @ z.T
+    sim.fill_diagonal_(float("-inf"))
+    assert nearest_neighbours(table, chunk=4).tolist() == sim.argmax(1).tolist()
