@@ -8,7 +8,7 @@ and the image set. The maths is in ``rcdm_viz.evaluation.probes``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.invariance import encoder_invariance
 from rcdm_viz.evaluation.probes import factor_targets, probe_layers
-from rcdm_viz.features import cached_features
+from rcdm_viz.features import FeatureTable, cached_features
 from rcdm_viz.runs import RunDir, write_json
 
 
@@ -46,6 +46,23 @@ def _factor_info(images: ImageSet) -> tuple[dict[str, tuple[float, float]], tupl
     return FACTOR_RANGES, CIRCULAR
 
 
+class _Loaded(Mapping):
+    """layer -> float32 [N, D], read from its memory-mapped cache file when asked: the probes of one layer
+    hold that layer of the probe split alone, never every layer at once."""
+
+    def __init__(self, tables: dict[str, FeatureTable]) -> None:
+        self.tables = tables
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.tables[name].float()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.tables)
+
+    def __len__(self) -> int:
+        return len(self.tables)
+
+
 def probe_run(
     cfg: Config, run: RunDir, progress: bool = True, layers: str | Sequence[str] | None = None
 ) -> dict:
@@ -64,13 +81,14 @@ def probe_run(
     for split, images in (("train", train), ("val", val)):
         cached = cached_features(encoder, images, encoder.all_layer_names, run.features / f"probe-{split}",
                                  progress=progress)
-        feats[split] = {name: f.float() for name, f in cached.items()}
+        feats[split] = _Loaded(cached)
     train_t = val_t = None
     if (info := _factor_info(train)) is not None and val.factors is not None:
         train_t = factor_targets(train.factors, *info)
         val_t = factor_targets(val.factors, *info)
     results = probe_layers(
-        {k: feats["train"][k] for k in names}, train.labels, {k: feats["val"][k] for k in names}, val.labels,
+        _Loaded({k: feats["train"].tables[k] for k in names}), train.labels,
+        _Loaded({k: feats["val"].tables[k] for k in names}), val.labels,
         cfg.probe, progress=progress, train_t=train_t, val_t=val_t,
     )
     n_inv = min(len(val), cfg.probe.invariance_images)
