@@ -27,7 +27,8 @@ from rcdm_viz.seeding import derive_seed
 class ImageSet:
     """A labelled image set held in memory.
 
-    images: uint8 [N,3,H,W]; labels: long [N]; factors: name -> float [N] (None when unknown).
+    images: uint8 [N,3,H,W] (a tensor, a memory map, or ``MappedImages`` reading a cache on demand);
+    labels: long [N]; factors: name -> float [N] (None when unknown).
     """
 
     images: Tensor
@@ -114,12 +115,38 @@ def _folder(data: DataConfig, split: str, n: int, resolution: int, progress: boo
     return ImageSet(images, labels_t, None, num_classes=len(index.classes), class_names=tuple(index.classes))
 
 
+class MappedImages:
+    """uint8 images [n, 3, R, R] read on demand: rows ``rows`` of a memory-mapped cache ``source`` (all of
+    them when None), resized to R = ``resolution`` as they are read. Indexing returns a uint8 tensor, so an
+    ImageSet holds a subset or another resolution of a 1.28 M-image cache without copying it into memory.
+    """
+
+    def __init__(self, source: Tensor, rows: Tensor | None, resolution: int) -> None:
+        self.source, self.rows, self.resolution = source, rows, resolution
+
+    @property
+    def shape(self) -> torch.Size:
+        n = self.source.shape[0] if self.rows is None else len(self.rows)
+        return torch.Size((n, 3, self.resolution, self.resolution))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, idx: Tensor | slice | int) -> Tensor:
+        pos = torch.arange(len(self))[idx]
+        if self.rows is not None:
+            pos = self.rows[pos]
+        return resize_uint8(self.source[pos], self.resolution)
+
+
 def _cache(data: DataConfig, split: str, n: int, resolution: int) -> ImageSet:
     images, labels, classes = open_cache(data.root, split)
     chosen = subset(len(images), n, data.seed, split)
     if chosen is not None:
-        images, labels = images[chosen], labels[chosen]
-    return ImageSet(resize_uint8(images, resolution), labels, None, len(classes), tuple(classes))
+        labels = labels[chosen]
+    if chosen is not None or images.shape[-1] != resolution:
+        images = MappedImages(images, chosen, resolution)  # type: ignore[assignment]
+    return ImageSet(images, labels, None, len(classes), tuple(classes))
 
 
 def _synthetic(seed: int, split: str, n: int, resolution: int, progress: bool, chunk: int = 1024) -> ImageSet:
