@@ -10,6 +10,10 @@ trunk over ImageNet's 1.28 M images then takes ~5 GB instead of ~84 GB. The meta
 fingerprint, the image set (``ImageSet.key``) and the storage kind; a file whose metadata does not match
 (another encoder, other images, binarize switched) is recomputed. A decoder training step therefore never
 runs the encoder.
+
+At ImageNet scale these files are larger than memory (1.28 M images × trunk 2048 + three 8192-d heads is
+~70 GB), so they are written batch by batch (``FeatureWriter``) and read as memory maps (``FeatureTable``):
+a step reads only its batch's rows, and those pages are the kernel's reclaimable page cache.
 """
 
 from __future__ import annotations
