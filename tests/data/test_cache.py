@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def _noise_folder(root: Path, per_class: int) -> Path:
 def _done(status: Path) -> int:
     try:  # the file may be mid-creation (header written, not yet sized)
         return int((np.load(status, mmap_mode="r") > 0).sum())
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError):  # empty, or a header half written
         return 0
 
 
