@@ -77,7 +77,15 @@ def write_cache(
         meta["splits"][split] = n
         meta["skipped"][split] = sorted(skipped.reasons)
     write_json(out / META, meta)
+    for split in meta["splits"]:
+        (out / f".{split}.done.json").unlink(missing_ok=True)
     return meta
+
+
+def _job(files: list[Path], resolution: int) -> dict:
+    """What a split's caching is: a partial or finished split of another job is not reused."""
+    listing = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
+    return {"resolution": resolution, "files": len(files), "list": listing}
 
 
 class _Partial:
@@ -93,11 +101,7 @@ class _Partial:
         self.paths = {
             k: out / f".{split}.{k}" for k in ("partial.npy", "status.npy", "skipped.jsonl", "job.json")
         }
-        job = {
-            "resolution": resolution,
-            "files": len(files),
-            "list": hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest(),
-        }
+        job = _job(files, resolution)
         fresh = not all(p.is_file() for p in self.paths.values()) or read_json(self.paths["job.json"]) != job
         if fresh:
             self.discard()
@@ -146,6 +150,12 @@ def _write_split(
     chunk: int = CHUNK,
 ) -> tuple[int, Skipped]:
     """Decode ``files`` chunk by chunk into the resumable partial array, then move the kept rows in place."""
+    done = out / f".{split}.done.json"  # a split finished by a run that was killed in a later split
+    finished = done.is_file() and (out / f"{split}.npy").is_file()
+    if finished and (record := read_json(done))["job"] == _job(files, resolution):
+        skipped = Skipped()
+        skipped.reasons.update(record["skipped"])
+        return record["n"], skipped
     part = _Partial(out, split, files, resolution)
     todo = [s for s in range(0, len(files), chunk) if not part.status[s : s + chunk].all()]
     for start in tqdm(todo, desc=f"cache {split}", unit="chunk", disable=not progress, leave=False):
@@ -176,6 +186,7 @@ def _write_split(
     kept_labels = np.asarray([labels[i] for i in kept], dtype=np.int64)
     atomic_write(out / f"{split}-labels.npy", lambda t: _save_npy(t, kept_labels))
     os.replace(tmp, out / f"{split}.npy")
+    write_json(done, {"job": _job(files, resolution), "n": len(kept), "skipped": skipped.reasons})
     del part.images, part.status
     part.discard()
     return len(kept), skipped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from rcdm_viz.data.cache import write_cache
@@ -97,3 +99,33 @@ def test_a_different_job_is_not_resumed(tmp_path):
     meta = write_cache(root, 12, out, workers=1, progress=False, chunk=4)
     assert meta["splits"]["train"] == 12 and np.load(out / "train.npy").shape == (12, 3, 12, 12)
     assert np.load(out / "train.npy").any()
+
+
+def test_a_split_finished_before_the_kill_is_not_decoded_again(tmp_path, monkeypatch):
+    import rcdm_viz.data.cache as cache
+
+    root = _noise_folder(tmp_path / "folder", per_class=4)
+    shutil.copytree(root / "train", root / "val")
+    want = tmp_path / "want"
+    write_cache(root, 8, want, workers=1, progress=False, chunk=4)
+    real, seen = cache.decode_many, []
+
+    def killed_in_val(files, *args):
+        if "val" in str(files[0]):
+            raise KeyboardInterrupt  # stands for the kill
+        yield from real(files, *args)
+
+    def counting(files, *args):
+        seen.extend(files)
+        yield from real(files, *args)
+
+    out = tmp_path / "got"
+    monkeypatch.setattr(cache, "decode_many", killed_in_val)
+    with pytest.raises(KeyboardInterrupt):
+        write_cache(root, 8, out, workers=1, progress=False, chunk=4)
+    monkeypatch.setattr(cache, "decode_many", counting)
+    write_cache(root, 8, out, workers=1, progress=False, chunk=4)
+    assert seen and all("val" in str(f) for f in seen)  # train was not decoded again
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir())
+    for path in want.iterdir():
+        assert (out / path.name).read_bytes() == path.read_bytes(), path.name
