@@ -11,7 +11,7 @@ Everything goes into ``OUT/device_check.json`` plus the grids' PNGs. ``--tiny`` 
 with tiny models on the CPU in seconds (the test suite runs it). Ends with ``ratio: X`` = the decoder step's
 achieved TFLOP/s ÷ the device's measured bf16 matmul TFLOP/s (its utilisation).
 
-    python benchmarks/device_check.py [--out DIR] [--tiny]
+    python benchmarks/device_check.py [--out DIR] [--tiny | --quick]
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def short_training(tiny: bool, run: RunDir, budget_s: float) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="device-check", help="output directory (default: %(default)s)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU, in seconds (the test)")
+    parser.add_argument("--tiny", "--quick", action="store_true", help="tiny models, in seconds (the test)")
     parser.add_argument("--budget", type=float, default=240.0, help="seconds of decoder training")
     args = parser.parse_args()
     out = Path(args.out)
