@@ -17,6 +17,9 @@ from PIL import Image
 
 from rcdm_viz.data.cache import write_cache
 
+# Every folder here holds one corrupt file on purpose; its one-line warning is tested in test_folder.py.
+pytestmark = pytest.mark.filterwarnings("ignore:skipped 1 unreadable file")
+
 
 def _noise_folder(root: Path, per_class: int) -> Path:
     """Two classes of noise PNGs (slow enough to decode that a kill lands midway), one corrupt file."""
