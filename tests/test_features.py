@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -159,3 +160,23 @@ def test_binarized_shared_decoder_trains_and_samples_end_to_end(tiny_run, tmp_pa
     args = ["sample", str(img), "--run", str(run.root), "--layers", "trunk,head3", "--no-progress"]
     assert main([*args, "--steps", "2"]) == 0
     assert (run.samples("a") / "grid.png").is_file()
+
+
+def test_feature_table_is_a_memory_map_read_by_rows_and_a_torn_file_is_recomputed(tmp_path):
+    torch.manual_seed(0)
+    encoder = build_encoder("resnet18", width=16, head="8", base_width=8, small_input=True, resolution=16)
+    images = load_images(tiny_config().data, "val", n=12, resolution=16, progress=False)
+    root = tmp_path / "features"
+    table = cached_features(encoder, images, ["trunk"], root, "key", batch_size=5)["trunk"]
+    assert isinstance(table.rows, np.memmap) and table.shape == (12, 16)
+    full = table[:]
+    idx = torch.tensor([9, 2, 2, 11, 0])  # unsorted, repeated: rows come back in the order asked
+    assert torch.equal(table[idx], full[idx]) and table[idx].dtype == torch.float16
+    assert torch.equal(table.float(batch=5), full.float())
+    path = root / "trunk.safetensors"
+    with safe_open(str(path), framework="pt") as fh:  # a valid safetensors file, read by safetensors too
+        assert torch.equal(fh.get_tensor("features"), full)
+    path.write_bytes(path.read_bytes()[:-7])  # torn: the data stops short
+    stamp = path.stat().st_mtime_ns
+    again = cached_features(encoder, images, ["trunk"], root, "key")["trunk"]
+    assert path.stat().st_mtime_ns != stamp and torch.equal(again[:], full)

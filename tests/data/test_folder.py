@@ -163,3 +163,20 @@ def test_label_methods_need_two_classes(tmp_path):
     )
     with pytest.raises(RcdmVizError, match="simclr_class.*1 class"):
         train_encoder(cfg, RunDir(tmp_path / "run"), progress=False)
+
+
+def test_a_cache_subset_at_another_resolution_is_read_on_demand(tmp_path):
+    """A subset (and a resize) of a cache reads its rows when asked: the same pixels as resizing eagerly."""
+    from rcdm_viz.data.sources import MappedImages, resize_uint8, subset
+
+    root = _make_folder(tmp_path / "imagenet", corrupt=False)
+    write_cache(root, 16, tmp_path / "c", progress=False)
+    cfg = load_config(None, ["data.source=cache", f"data.root={tmp_path / 'c'}"]).data
+    got = load_images(cfg, "train", n=6, resolution=8, progress=False)
+    assert isinstance(got.images, MappedImages) and got.images.shape == (6, 3, 8, 8) and len(got) == 6
+    full, labels, _ = open_cache(tmp_path / "c", "train")
+    chosen = subset(len(full), 6, cfg.seed, "train")
+    want = resize_uint8(full[chosen], 8)
+    idx = torch.tensor([5, 0, 3])
+    assert torch.equal(got.images[idx], want[idx]) and torch.equal(got.labels, labels[chosen])
+    assert torch.equal(got.batch(torch.arange(6)), want.float() / 255)
