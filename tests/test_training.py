@@ -75,6 +75,7 @@ def test_run_steps_records_every_log_every_steps_and_at_the_last(tmp_path):
 def test_run_steps_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_path):
     acc = SimpleNamespace(is_main_process=True)
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    with pytest.raises(RcdmVizError, match=r"^test loss became nan at step 1; lower test.lr$"):
+    want = r"^test loss became nan at step 1; lower test.lr \(no checkpoint to resume from: train afresh\)$"
+    with pytest.raises(RcdmVizError, match=want):
         run_steps(acc, _settings(), 0, 5, lambda s: {"loss": math.nan if s == 1 else 1.0},
                   lambda s, w, r: {"loss": 0.0}, log, tmp_path, progress=False)

@@ -20,6 +20,7 @@ from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.ssl.batchnorm import GlobalBatchNorm
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.train import build_ssl_step, train_encoder
+from rcdm_viz.training import checkpoint_dirs
 from tests._spawn import free_port, spawn_ranks
 from tests.conftest import TINY, tiny_config
 
@@ -36,7 +37,7 @@ def test_resume_is_bit_exact_with_target_network_and_probes(tmp_path, method):
     resumed = RunDir(tmp_path / "resumed")
     train_encoder(tiny_config(*extra), resumed, progress=False)
     # As if killed after step 6: the step-5 checkpoint exists; resuming must replay steps 5..7 exactly.
-    assert [p.name for p in resumed.checkpoints("encoder").iterdir()] == ["step-000000005"]
+    assert [p.name for p in checkpoint_dirs(resumed.checkpoints("encoder"))] == ["step-000000005"]
     (resumed.encoder / "model.safetensors").unlink()
     train_encoder(tiny_config(*extra), resumed, resume=True, progress=False)
     a, b = _weights(straight), _weights(resumed)
