@@ -36,12 +36,13 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
     """Image bytes (PNG, JPEG, ...) -> float tensor [3,H,W] in [0,1], or a one-line error naming ``name``."""
     from torchvision.transforms.functional import pil_to_tensor  # deferred: run views load without torch
 
+    from rcdm_viz.data.folder import READ_SIDE, open_rgb  # deferred: run views load without torch
+
     if not data:
         raise RcdmVizError(f"'{name}' is empty")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return pil_to_tensor(img.convert("RGB")).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return pil_to_tensor(open_rgb(io.BytesIO(data), READ_SIDE)).float() / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
 
 

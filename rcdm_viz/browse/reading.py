@@ -197,7 +197,8 @@ def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
         config = _read_json(path / "config.json", problems)
         complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
         layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [path.name]
-        records = len(read_metrics(path / "metrics.jsonl"))
+        metrics = path / "metrics.jsonl" if complete else run.training_metrics(f"decoder-{path.name}")
+        records = len(read_metrics(metrics))
         infos.append(DecoderInfo(path.name, layers, complete, records))
         if not complete:
             problems.append(f"decoder '{path.name}' is not finished yet ({records} metrics records so far)")
@@ -247,7 +248,8 @@ def summarize_run(root: Path, name: str) -> RunSummary:
         except (KeyError, TypeError, ValueError, RcdmVizError) as exc:
             problems.append(f"cannot tell the encoder's layers from encoder/config.json: {exc}")
     else:
-        state = "training in progress" if run.encoder_metrics.is_file() else "not trained"
+        training = run.training_metrics("encoder").is_file() or run.encoder_metrics.is_file()
+        state = "training in progress" if training else "not trained"
         problems.append(f"no encoder yet ({state}): encoder/model.safetensors is missing")
     decoders = _decoder_infos(run, problems)
     return RunSummary(name, run, config, encoder, layers, decoders, list_samples(run), problems)
