@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from rcdm_viz.config import Config, config_from_dict
+from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
 from rcdm_viz.runs import RunDir, read_metrics
@@ -226,7 +226,7 @@ def read_config(run: RunDir, problems: list[str]) -> dict[str, Any]:
     try:
         data = yaml.safe_load(run.config.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        problems.append(f"cannot read config.yaml: {exc}")
+        problems.append(f"cannot read config.yaml: {unreadable_reason(exc)}")
         return {}
     if not isinstance(data, dict):
         problems.append("config.yaml does not hold a mapping")
