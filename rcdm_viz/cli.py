@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # writes not wrapped by runs.writing still fail in one line when the disk is full
         if not is_disk_full(exc):
             raise
-        print(f"rcdm-viz: error: disk full ({exc.filename or 'writing'}); free some space and retry", file=sys.stderr)
+        where = exc.filename or "writing"
+        print(f"rcdm-viz: error: disk full ({where}); free some space and retry", file=sys.stderr)
         return 2
 
 
