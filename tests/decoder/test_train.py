@@ -205,3 +205,116 @@ def test_decoder_of_another_encoder_is_refused(tiny_run, tmp_path):
     )
     with pytest.raises(RcdmVizError, match=r"expects 7-d.*gives 32"):
         load_decoders(run, ["trunk"], encoder)
+
+
+# ------------------------------------------------------------------ nothing lost (issue: data loss)
+
+
+def _cli_train(run: RunDir, *extra: str, layer: str = "trunk") -> list[str]:
+    from tests.conftest import TINY
+
+    sets = [a for o in (*TINY, "decoder.sample_every=0", *extra) for a in ("--set", o)]
+    return ["train-decoder", "--run", str(run.root), "--layer", layer, "--no-progress", *sets]
+
+
+def test_a_kill_in_the_swap_window_leaves_a_decoder_that_still_serves(tiny_run, tmp_path, monkeypatch):
+    run = run_with_encoder(tiny_run, tmp_path, "swap")
+    assert main(_cli_train(run, "decoder.steps=2")) == 0
+    real_rename = type(run.root).rename
+
+    def killed_after_setting_aside(self, target):
+        if self.name.startswith(".tmp-"):  # the old decoder is aside; the new one is not in yet
+            raise SystemExit("killed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(run.root), "rename", killed_after_setting_aside)
+    with pytest.raises(SystemExit):
+        main(_cli_train(run, "decoder.steps=3"))
+    monkeypatch.undo()
+    assert not run.decoder("trunk").exists() and run.decoder_for("trunk").name == ".old-trunk"
+    img = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(img)
+    assert main(["sample", str(img), "--run", str(run.root), "--layers", "trunk", "--no-progress"]) == 0
+    assert main(_cli_train(run, "decoder.steps=2")) == 0  # the next save puts things right
+    assert sorted(p.name for p in (run.root / "decoders").iterdir()) == ["trunk"]
+
+
+def test_resume_refuses_checkpoints_of_another_configuration(tiny_run, tmp_path, capsys):
+    run = run_with_encoder(tiny_run, tmp_path, "stale")
+    assert main(_cli_train(run, "decoder.steps=4", "decoder.checkpoint_every=2")) == 0
+    assert [p.name for p in checkpoint_dirs(run.checkpoints("decoder-trunk"))] == ["step-000000002"]
+    capsys.readouterr()
+    for change in ("decoder.seed=7", "decoder.block_out_channels=[8,16]"):
+        assert main([*_cli_train(run, "decoder.steps=4", change), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another configuration" in err
+        assert change.split("=")[0] in err
+    # a fresh training removes the earlier training's checkpoints: a later --resume cannot load them
+    cfg_dir = run.checkpoints("decoder-trunk")
+    assert main(_cli_train(run, "decoder.steps=1", "decoder.seed=7")) == 0
+    assert checkpoint_dirs(cfg_dir) == []
+
+
+def test_a_diverged_state_is_never_checkpointed(tiny_run, tmp_path, capsys):
+    run = run_with_encoder(tiny_run, tmp_path, "nan")
+    over = ("decoder.lr=1e9", "decoder.checkpoint_every=1", "decoder.steps=6")
+    assert main(_cli_train(run, *over)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "loss became" in err and "no checkpoint to resume from" in err and len(err.splitlines()) == 1
+    assert checkpoint_dirs(run.checkpoints("decoder-trunk")) == []
+    left = [p.name for p in run.checkpoints("decoder-trunk").iterdir()]
+    assert not any(name.startswith((".pending-", ".tmp-")) for name in left)
+
+
+def test_one_training_per_run_and_layer_and_the_error_names_the_holder(tiny_run, tmp_path, capsys):
+    from rcdm_viz.runs import step_lock
+
+    run = run_with_encoder(tiny_run, tmp_path, "locked")
+    with step_lock(run, "decoder-trunk"):
+        assert main(_cli_train(run, "decoder.steps=1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already running" in err and "pid " in err and len(err.splitlines()) == 1
+    assert main(_cli_train(run, "decoder.steps=1")) == 0  # released
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run = run_with_encoder(tiny_run, tmp_path, "full")
+    assert main(_cli_train(run, "decoder.steps=1")) == 0
+    before = load_file(run.decoder("trunk") / "diffusion_pytorch_model.safetensors")
+
+    def no_space(self, path, *args, **kwargs):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "partial.bin").write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RCDMDecoder, "save_pretrained", no_space)
+    capsys.readouterr()
+    assert main(_cli_train(run, "decoder.steps=2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rcdm-viz: error: disk full") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in (run.root / "decoders").iterdir()) == ["trunk"]  # no .tmp-trunk
+    after = load_file(run.decoder("trunk") / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the old decoder is untouched
+
+
+def test_a_fresh_training_keeps_the_old_metrics_with_the_old_model_until_it_is_replaced(tiny_run, tmp_path):
+    run = run_with_encoder(tiny_run, tmp_path, "metrics")
+    assert main(_cli_train(run, "decoder.steps=2")) == 0
+    old = read_metrics(run.decoder("trunk") / "metrics.jsonl")
+    calls = []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        raise SystemExit("killed")
+
+    import rcdm_viz.decoder.train as dtrain
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dtrain, "_save_atomic", killed)
+        with pytest.raises(SystemExit):
+            main(_cli_train(run, "decoder.steps=3"))
+    assert calls and read_metrics(run.decoder("trunk") / "metrics.jsonl") == old  # still the old model's
+    assert main(_cli_train(run, "decoder.steps=3")) == 0
+    assert [r["step"] for r in read_metrics(run.decoder("trunk") / "metrics.jsonl")] == [1, 2, 3]
