@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from rcdm_viz.browse.reading import RunSummary, read_config, run_config
+from rcdm_viz.browse.reading import RunSummary, confined, read_config, run_config
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir
@@ -75,6 +75,13 @@ def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]
     from rcdm_viz.encoders import load_encoder  # deferred: run views load without torch
     from rcdm_viz.sample_run import load_decoders  # deferred: run views load without torch
 
+    bundles = [run.encoder / "config.json", run.encoder / "model.safetensors"]
+    if (run.root / "decoders").is_dir():
+        bundles += [p for d in (run.root / "decoders").iterdir() for p in (d, *d.glob("*")) if p.exists()]
+    for path in bundles:
+        if path.exists() and confined(run, path) is None:
+            where = path.relative_to(run.root).as_posix()
+            raise RcdmVizError(f"{where} in run '{run.root.name}' points outside the runs root: not loaded")
     encoder = load_encoder(run.require_encoder())
     return encoder, load_decoders(run, encoder.select_layers(list(layers)), encoder)
 

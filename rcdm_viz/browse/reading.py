@@ -96,6 +96,29 @@ def list_runs(root: Path) -> list[str]:
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class BrowsedRun(RunDir):
+    """A run found under a runs root: every file browse opens in it must resolve inside ``limit``."""
+
+    limit: Path | None = None
+
+
+def confined(run: RunDir, path: Path) -> Path | None:
+    """``path`` resolved when it lies inside the runs root (inside the run for a bare ``RunDir``), else None:
+    a symlink inside a listed run must not make the app read files from elsewhere."""
+    limit = getattr(run, "limit", None) or Path(run.root).resolve()
+    resolved = Path(path).resolve()
+    return resolved if resolved.is_relative_to(limit) else None
+
+
+def _refused(run: RunDir, path: Path, problems: list[str]) -> bool:
+    """True (noted in ``problems``) when ``path`` exists but leads outside the runs root."""
+    if confined(run, path) is not None or not (path.is_symlink() or path.exists()):
+        return False
+    problems.append(f"{Path(path).relative_to(run.root).as_posix()} points outside the runs root: not read")
+    return True
+
+
 def resolve_run(root: Path, name: str) -> RunDir:
     """The run called ``name`` (as ``list_runs`` names it) under ``root``, or a one-line error."""
     if not isinstance(name, str) or not name.strip():
@@ -103,15 +126,16 @@ def resolve_run(root: Path, name: str) -> RunDir:
     path = safe_join(root, *name.split("/"))
     if not path.is_dir() or not is_run_dir(path):
         raise RcdmVizError(f"'{name}' is not a run directory under '{Path(root).resolve()}'")
-    return RunDir(path)
+    return BrowsedRun(path, limit=Path(root).resolve())
 
 
 # ----------------------------------------------------------------------------------- small readers
 
 
-def _read_json(path: Path, problems: list[str]) -> Any:
-    """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent)."""
-    if not path.is_file():
+def _read_json(run: RunDir, path: Path, problems: list[str]) -> Any:
+    """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent); a file
+    outside the runs root is never read, and errors never quote the file."""
+    if _refused(run, path, problems) or not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
@@ -120,8 +144,11 @@ def _read_json(path: Path, problems: list[str]) -> Any:
         return None
 
 
-def open_png(path: Path) -> tuple[Image.Image | None, str | None]:
-    """(image, None) for a readable image file, else (None, a one-line reason): corrupt PNGs never raise."""
+def open_png(path: Path, run: RunDir | None = None) -> tuple[Image.Image | None, str | None]:
+    """(image, None) for a readable image file, else (None, a one-line reason): corrupt PNGs never raise.
+    With ``run``, a file leading outside its runs root is refused."""
+    if run is not None and confined(run, path) is None and path.exists():
+        return None, f"{path.name} points outside the runs root: not read"
     if not path.is_file():
         return None, f"{path.name} is missing"
     try:
@@ -194,11 +221,13 @@ def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
         return []
     infos = []
     for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config = _read_json(path / "config.json", problems)
+        if _refused(run, path, problems):
+            continue
+        config = _read_json(run, path / "config.json", problems)
         complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
         layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [path.name]
         metrics = path / "metrics.jsonl" if complete else run.training_metrics(f"decoder-{path.name}")
-        records = len(read_metrics(metrics))
+        records = 0 if _refused(run, metrics, problems) else len(read_metrics(metrics))
         infos.append(DecoderInfo(path.name, layers, complete, records))
         if not complete:
             problems.append(f"decoder '{path.name}' is not finished yet ({records} metrics records so far)")
@@ -214,12 +243,15 @@ def list_samples(run: RunDir) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and any((p / m).exists() for m in marked)
+        if p.is_dir() and not p.name.startswith(".") and confined(run, p)
+        and any((p / m).exists() for m in marked)
     )
 
 
 def read_config(run: RunDir, problems: list[str]) -> dict[str, Any]:
     """The run's config.yaml as a dict ({} when absent or unreadable, noted in ``problems``)."""
+    if _refused(run, run.config, problems):
+        return {}
     if not run.config.is_file():
         problems.append("config.yaml is missing")
         return {}
@@ -242,7 +274,7 @@ def summarize_run(root: Path, name: str) -> RunSummary:
     encoder = None
     layers: dict[str, int] = {}
     if run.has_encoder():
-        encoder = _read_json(run.encoder / "config.json", problems)
+        encoder = _read_json(run, run.encoder / "config.json", problems)
         try:
             layers = encoder_layers(encoder) if isinstance(encoder, dict) else {}
         except (KeyError, TypeError, ValueError, RcdmVizError) as exc:
@@ -294,14 +326,15 @@ def run_config(summary: RunSummary) -> Config:
 
 def training_curves(run: RunDir) -> dict[str, list[dict[str, Any]]]:
     """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped)."""
-    curves = {}
-    if run.encoder_metrics.is_file():
+    curves, ignored = {}, []
+    if run.encoder_metrics.is_file() and not _refused(run, run.encoder_metrics, ignored):
         curves["encoder"] = read_metrics(run.encoder_metrics)
     root = run.root / "decoders"
     if root.is_dir():
         for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (path / "metrics.jsonl").is_file():
-                curves[f"decoder {path.name}"] = read_metrics(path / "metrics.jsonl")
+            metrics = path / "metrics.jsonl"
+            if metrics.is_file() and not _refused(run, metrics, ignored):
+                curves[f"decoder {path.name}"] = read_metrics(metrics)
     return {name: records for name, records in curves.items() if records}
 
 
@@ -340,6 +373,8 @@ class SampleView:
         strip, res = self.strips.get(layer), self.meta.get("resolution")
         if strip is None or not isinstance(res, int) or res < 1:
             return []
+        if strip.size == (res, res):  # one sample: make_grid returns it without padding
+            return [strip]
         count = (strip.width - 1) // (res + 1)
         return [strip.crop((1 + j * (res + 1), 1, 1 + j * (res + 1) + res, 1 + res)) for j in range(count)]
 
@@ -363,27 +398,27 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
     if not folder.is_dir():
         raise RcdmVizError(f"no sample '{image_id}' in run '{run.root.name}'")
     problems: list[str] = []
-    meta = _read_json(folder / "meta.json", problems)
+    meta = _read_json(run, folder / "meta.json", problems)
     meta = meta if isinstance(meta, dict) else {}
-    grid, err = open_png(folder / "grid.png")
+    grid, err = open_png(folder / "grid.png", run)
     problems += [err] if err else []
     shown, strips = None, {}
     if "alpha" not in meta:  # interpolation directories (`sample --interpolate`) hold only grid.png
-        shown, err = open_png(folder / "input.png")
+        shown, err = open_png(folder / "input.png", run)
         problems += [err] if err else []
         names = meta.get("layers")
         if not isinstance(names, list):
             names = sorted(p.stem for p in folder.glob("*.png") if p.stem not in _NOT_STRIPS)
         for layer in names:
             try:
-                img, err = open_png(safe_join(folder, f"{layer}.png"))
+                img, err = open_png(safe_join(folder, f"{layer}.png"), run)
             except RcdmVizError as exc:
                 img, err = None, str(exc)
             if img is None:
                 problems.append(f"samples of layer '{layer}': {err}")
             else:
                 strips[str(layer)] = img
-    raw_scores = layer_rows(_read_json(folder / "scores.json", problems))
+    raw_scores = layer_rows(_read_json(run, folder / "scores.json", problems))
     scores = {layer: _flat(row) for layer, row in raw_scores.items()}
     return SampleView(image_id, grid, shown, strips, meta, scores, problems)
 
@@ -425,9 +460,13 @@ def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, 
     encoder/probes.json and samples/*/scores.json (``evaluation.gather.gather_run``); and notes saying
     which sources are missing or unreadable."""
     notes: list[str] = []
+    scores = (run.root / "samples").glob("*/scores.json")
+    sources = [run.config, run.probes, run.encoder / "config.json", run.report / "layers.json", *scores]
+    if any([_refused(run, path, notes) for path in sources]):  # gather_run would read them
+        return [], notes
     if not run.probes.is_file():
         notes.append("encoder/probes.json is missing: run `rcdm-viz probe`")
-    report = _read_json(run.report / "layers.json", notes)
+    report = _read_json(run, run.report / "layers.json", notes)
     if report is None:
         notes.append("report/layers.json is missing (run `rcdm-viz report`): the table is gathered now")
         try:
@@ -447,4 +486,4 @@ def report_plots(run: RunDir) -> list[Path]:
     """The report's plots (report/*.png), sorted by name."""
     if not run.report.is_dir():
         return []
-    return sorted(p for p in run.report.glob("*.png") if p.is_file())
+    return sorted(p for p in run.report.glob("*.png") if p.is_file() and confined(run, p))
