@@ -88,3 +88,11 @@ def test_zoom_of_a_single_sample_has_its_image():
     assert [s.size for s in view.samples("trunk")] == [(16, 16)]
     two = Image.new("RGB", (1 + 2 * 17, 18))
     assert len(SampleView("a", None, None, {"trunk": two}, {"resolution": 16}, {}).samples("trunk")) == 2
+
+
+def test_an_uploaded_bomb_is_a_message(tmp_path):
+    from tests.test_bad_input import bomb_png
+
+    data = bomb_png(tmp_path / "bomb.png").read_bytes()
+    with pytest.raises(RcdmVizError, match="'bomb.png' is not an image this app can read"):
+        browse.decode_image(data, "bomb.png")
