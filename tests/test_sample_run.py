@@ -76,5 +76,6 @@ def test_inputs_sharing_a_name_get_distinct_sample_ids(run_copy, tmp_path):
     assert image_ids(paths) == ["good_png", "good_jpg", "good_png-2", "solo"]
     grids = sample_images(cfg, run, [str(p) for p in paths[:2]], "trunk")
     assert [g.parent.name for g in grids] == ["good_png", "good_jpg"]
-    first, second = (Image.open(run.samples(i) / "input.png").getpixel((0, 0)) for i in ("good_png", "good_jpg"))
+    ids = ("good_png", "good_jpg")
+    first, second = (Image.open(run.samples(i) / "input.png").getpixel((0, 0)) for i in ids)
     assert first != second  # neither overwrote the other
