@@ -204,7 +204,7 @@ def test_warmup_then_cosine():
     ("override", "fragment"),
     [
         ("ssl.method=dino", "'dino'"),
-        ("encoder.width=0", "got 0"),
+        ("encoder.width=0", "bad value 0 for 'encoder.width'"),
         ("encoder.head=8192-x", "8192-x"),
         ("ssl.optimizer=sgd", "'sgd'"),
         ("data.source=imagenet", "'imagenet'"),
@@ -227,6 +227,19 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
     shutil.rmtree(run.root)
     with pytest.raises(RcdmVizError, match="batch_size"):
         train_encoder(tiny_config("ssl.batch_size=1000"), run, progress=False)
+
+
+def test_encoder_resume_refuses_another_configuration_and_a_second_training(tmp_path):
+    from rcdm_viz.runs import step_lock
+
+    run = RunDir(tmp_path / "r")
+    train_encoder(tiny_config("ssl.epochs=1", "ssl.checkpoint_every=2"), run, progress=False)
+    assert [p.name for p in checkpoint_dirs(run.checkpoints("encoder"))] == ["step-000000002"]
+    other = tiny_config("ssl.epochs=1", "ssl.checkpoint_every=2", "encoder.width=16")
+    with pytest.raises(RcdmVizError, match=r"another configuration \(differs in: encoder.width\)"):
+        train_encoder(other, run, resume=True, progress=False)
+    with step_lock(run, "encoder"), pytest.raises(RcdmVizError, match="already running .*pid"):
+        train_encoder(other, run, progress=False)
 
 
 def test_width_presets_differ_only_in_width():
