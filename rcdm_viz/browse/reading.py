@@ -215,22 +215,41 @@ def encoder_layers(encoder_config: dict[str, Any]) -> dict[str, int]:
     return dims
 
 
+def _current_log(run: RunDir, bundle: Path, step_name: str) -> Path:
+    """A training's metrics: the log of a training in progress (checkpoints/<step>/metrics.jsonl) while
+    it is newer than the saved model's, else the saved model's."""
+    live = run.training_metrics(step_name)
+    if live.is_file() and (not bundle.is_file() or live.stat().st_mtime_ns > bundle.stat().st_mtime_ns):
+        return live
+    return bundle
+
+
+def _decoder_names(run: RunDir) -> list[str]:
+    """Decoders saved under decoders/ or being trained (checkpoints/decoder-<name>/metrics.jsonl)."""
+    names = set()
+    if (run.root / "decoders").is_dir():
+        saved = (p for p in (run.root / "decoders").iterdir() if not p.name.startswith("."))
+        names |= {p.name for p in saved if p.is_dir()}
+    if (run.root / "checkpoints").is_dir():
+        training = (run.root / "checkpoints").glob("decoder-*/metrics.jsonl")
+        names |= {p.parent.name.removeprefix("decoder-") for p in training}
+    return sorted(names)
+
+
 def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
-    root = run.root / "decoders"
-    if not root.is_dir():
-        return []
     infos = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for name in _decoder_names(run):
+        path = run.decoder(name)
         if _refused(run, path, problems):
             continue
         config = _read_json(run, path / "config.json", problems)
         complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
-        layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [path.name]
-        metrics = path / "metrics.jsonl" if complete else run.training_metrics(f"decoder-{path.name}")
+        layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [name]
+        metrics = _current_log(run, path / "metrics.jsonl", f"decoder-{name}")
         records = 0 if _refused(run, metrics, problems) else len(read_metrics(metrics))
-        infos.append(DecoderInfo(path.name, layers, complete, records))
+        infos.append(DecoderInfo(name, layers, complete, records))
         if not complete:
-            problems.append(f"decoder '{path.name}' is not finished yet ({records} metrics records so far)")
+            problems.append(f"decoder '{name}' is not finished yet ({records} metrics records so far)")
     return infos
 
 
@@ -325,16 +344,17 @@ def run_config(summary: RunSummary) -> Config:
 
 
 def training_curves(run: RunDir) -> dict[str, list[dict[str, Any]]]:
-    """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped)."""
-    curves, ignored = {}, []
-    if run.encoder_metrics.is_file() and not _refused(run, run.encoder_metrics, ignored):
-        curves["encoder"] = read_metrics(run.encoder_metrics)
-    root = run.root / "decoders"
-    if root.is_dir():
-        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            metrics = path / "metrics.jsonl"
-            if metrics.is_file() and not _refused(run, metrics, ignored):
-                curves[f"decoder {path.name}"] = read_metrics(metrics)
+    """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped); a
+    training in progress shows its own log, not the previous model's."""
+    logs = {"encoder": _current_log(run, run.encoder_metrics, "encoder")}
+    for name in _decoder_names(run):
+        logs[f"decoder {name}"] = _current_log(run, run.decoder(name) / "metrics.jsonl", f"decoder-{name}")
+    ignored: list[str] = []
+    curves = {
+        name: read_metrics(path)
+        for name, path in logs.items()
+        if path.is_file() and not _refused(run, path, ignored)
+    }
     return {name: records for name, records in curves.items() if records}
 
 

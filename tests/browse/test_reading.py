@@ -96,3 +96,17 @@ def test_an_uploaded_bomb_is_a_message(tmp_path):
     data = bomb_png(tmp_path / "bomb.png").read_bytes()
     with pytest.raises(RcdmVizError, match="'bomb.png' is not an image this app can read"):
         browse.decode_image(data, "bomb.png")
+
+
+def test_trainings_in_progress_show_their_own_logs(tmp_path):
+    run = tmp_path / "root" / "r"
+    for step in ("encoder", "decoder-trunk"):
+        (run / "checkpoints" / step).mkdir(parents=True)
+        lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2)]
+        (run / "checkpoints" / step / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "config.yaml").write_text("{}\n")
+    summary = browse.summarize_run(tmp_path / "root", "r")
+    assert [(d.name, d.complete, d.metrics_records) for d in summary.decoders] == [("trunk", False, 2)]
+    assert any("training in progress" in p for p in summary.problems)
+    curves = browse.training_curves(summary.run)
+    assert sorted(curves) == ["decoder trunk", "encoder"] and len(curves["encoder"]) == 2
