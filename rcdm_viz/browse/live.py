@@ -10,7 +10,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from rcdm_viz.browse.reading import RunSummary, confined, read_config, run_config
+from rcdm_viz.browse.reading import RunSummary, read_config, run_config
+from rcdm_viz.browse.roots import confined
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,116 +16,20 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from rcdm_viz.browse.roots import (
+    confined,
+    refused,
+    resolve_run,
+    safe_join,
+)
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
 from rcdm_viz.runs import RunDir, read_metrics
 
-RUNS_ENV = "RCDM_VIZ_RUNS"  # environment variable naming the runs root (`rcdm-viz app --runs DIR` sets it)
-DEFAULT_RUNS = "runs"  # runs root when the variable is unset
-MAX_DEPTH = 3  # runs may be grouped in folders (runs/widths/d512), at most this deep
-_RUN_MARKERS = ("config.yaml", "encoder", "decoders", "samples")  # any of these makes a directory a run
 _NOT_STRIPS = ("grid", "input")  # PNGs of a sample directory that are not a layer's samples
 # Keys of a metrics.jsonl record that are bookkeeping, not curves to plot against the step.
 CURVE_SKIP = ("step", "epoch")
-
-
-# ------------------------------------------------------------------------------------ runs and paths
-
-
-def runs_root(value: str | os.PathLike[str] | None = None) -> Path:
-    """The runs root: ``value``, else $RCDM_VIZ_RUNS, else ``runs/``; absolute, symlinks resolved."""
-    raw = value if value not in (None, "") else os.environ.get(RUNS_ENV) or DEFAULT_RUNS
-    return Path(raw).expanduser().resolve()
-
-
-def safe_join(base: Path, *parts: str) -> Path:
-    """``base/part/...`` resolved, refusing anything that is not a plain name or lands outside ``base``.
-
-    Names come from URLs and file listings, so ``..``, absolute paths, separators and symlinks that point
-    elsewhere are all refused; the final check compares resolved paths (``is_relative_to``).
-    """
-    root = Path(base).resolve()
-    path = root
-    for part in parts:
-        if (
-            not isinstance(part, str)
-            or part in ("", ".", "..")
-            or "/" in part
-            or "\\" in part
-            or "\x00" in part
-        ):
-            raise RcdmVizError(f"'{part}' is not a valid name inside '{root}'")
-        path = path / part
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise RcdmVizError(f"'{'/'.join(parts)}' leads outside '{root}'")
-    return resolved
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds any part of a run (config.yaml, encoder/, decoders/ or samples/)."""
-    return any((Path(path) / marker).exists() for marker in _RUN_MARKERS)
-
-
-def list_runs(root: Path) -> list[str]:
-    """Names (relative paths, '/'-separated) of the run directories under ``root``, sorted.
-
-    A run is a directory holding config.yaml, encoder/, decoders/ or samples/; folders that are not runs
-    are searched up to ``MAX_DEPTH`` levels. Hidden directories and links leaving the root are skipped.
-    """
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise RcdmVizError(f"runs root '{root}' does not exist or is not a directory")
-    found: list[str] = []
-    frontier = [root]
-    for _ in range(MAX_DEPTH):
-        deeper = []
-        for folder in frontier:
-            for child in sorted(folder.iterdir()):
-                if child.name.startswith(".") or not child.is_dir():
-                    continue
-                if not child.resolve().is_relative_to(root):
-                    continue
-                if is_run_dir(child):
-                    found.append(child.relative_to(root).as_posix())
-                else:
-                    deeper.append(child)
-        frontier = deeper
-    return sorted(found)
-
-
-@dataclass(frozen=True)
-class BrowsedRun(RunDir):
-    """A run found under a runs root: every file browse opens in it must resolve inside ``limit``."""
-
-    limit: Path | None = None
-
-
-def confined(run: RunDir, path: Path) -> Path | None:
-    """``path`` resolved when it lies inside the runs root (inside the run for a bare ``RunDir``), else None:
-    a symlink inside a listed run must not make the app read files from elsewhere."""
-    limit = getattr(run, "limit", None) or Path(run.root).resolve()
-    resolved = Path(path).resolve()
-    return resolved if resolved.is_relative_to(limit) else None
-
-
-def _refused(run: RunDir, path: Path, problems: list[str]) -> bool:
-    """True (noted in ``problems``) when ``path`` exists but leads outside the runs root."""
-    if confined(run, path) is not None or not (path.is_symlink() or path.exists()):
-        return False
-    problems.append(f"{Path(path).relative_to(run.root).as_posix()} points outside the runs root: not read")
-    return True
-
-
-def resolve_run(root: Path, name: str) -> RunDir:
-    """The run called ``name`` (as ``list_runs`` names it) under ``root``, or a one-line error."""
-    if not isinstance(name, str) or not name.strip():
-        raise RcdmVizError("no run selected")
-    path = safe_join(root, *name.split("/"))
-    if not path.is_dir() or not is_run_dir(path):
-        raise RcdmVizError(f"'{name}' is not a run directory under '{Path(root).resolve()}'")
-    return BrowsedRun(path, limit=Path(root).resolve())
 
 
 # ----------------------------------------------------------------------------------- small readers
@@ -135,7 +38,7 @@ def resolve_run(root: Path, name: str) -> RunDir:
 def _read_json(run: RunDir, path: Path, problems: list[str]) -> Any:
     """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent); a file
     outside the runs root is never read, and errors never quote the file."""
-    if _refused(run, path, problems) or not path.is_file():
+    if refused(run, path, problems) or not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
@@ -240,13 +143,13 @@ def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
     infos = []
     for name in _decoder_names(run):
         path = run.decoder(name)
-        if _refused(run, path, problems):
+        if refused(run, path, problems):
             continue
         config = _read_json(run, path / "config.json", problems)
         complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
         layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [name]
         metrics = _current_log(run, path / "metrics.jsonl", f"decoder-{name}")
-        records = 0 if _refused(run, metrics, problems) else len(read_metrics(metrics))
+        records = 0 if refused(run, metrics, problems) else len(read_metrics(metrics))
         infos.append(DecoderInfo(name, layers, complete, records))
         if not complete:
             problems.append(f"decoder '{name}' is not finished yet ({records} metrics records so far)")
@@ -269,7 +172,7 @@ def list_samples(run: RunDir) -> list[str]:
 
 def read_config(run: RunDir, problems: list[str]) -> dict[str, Any]:
     """The run's config.yaml as a dict ({} when absent or unreadable, noted in ``problems``)."""
-    if _refused(run, run.config, problems):
+    if refused(run, run.config, problems):
         return {}
     if not run.config.is_file():
         problems.append("config.yaml is missing")
@@ -353,7 +256,7 @@ def training_curves(run: RunDir) -> dict[str, list[dict[str, Any]]]:
     curves = {
         name: read_metrics(path)
         for name, path in logs.items()
-        if path.is_file() and not _refused(run, path, ignored)
+        if path.is_file() and not refused(run, path, ignored)
     }
     return {name: records for name, records in curves.items() if records}
 
@@ -482,7 +385,7 @@ def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, 
     notes: list[str] = []
     scores = (run.root / "samples").glob("*/scores.json")
     sources = [run.config, run.probes, run.encoder / "config.json", run.report / "layers.json", *scores]
-    if any([_refused(run, path, notes) for path in sources]):  # gather_run would read them
+    if any([refused(run, path, notes) for path in sources]):  # gather_run would read them
         return [], notes
     if not run.probes.is_file():
         notes.append("encoder/probes.json is missing: run `rcdm-viz probe`")

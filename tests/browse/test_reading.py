@@ -11,7 +11,8 @@ from PIL import Image
 
 from rcdm_viz import browse
 from rcdm_viz.browse.live import load_models
-from rcdm_viz.browse.reading import SampleView, confined
+from rcdm_viz.browse.reading import SampleView
+from rcdm_viz.browse.roots import confined
 from rcdm_viz.errors import RcdmVizError
 
 SECRET = "aws_secret_access_key: hunter2: [oops"  # invalid YAML whose line an error must not echo
