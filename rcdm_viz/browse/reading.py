@@ -25,7 +25,7 @@ from rcdm_viz.browse.roots import (
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
-from rcdm_viz.runs import RunDir, read_metrics
+from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
 _NOT_STRIPS = ("grid", "input")  # PNGs of a sample directory that are not a layer's samples
 # Keys of a metrics.jsonl record that are bookkeeping, not curves to plot against the step.
@@ -129,7 +129,7 @@ def _current_log(run: RunDir, bundle: Path, step_name: str) -> Path:
 
 def _decoder_names(run: RunDir) -> list[str]:
     """Decoders saved under decoders/ or being trained (checkpoints/decoder-<name>/metrics.jsonl)."""
-    names = set()
+    names = set(run.decoder_layers())  # a decoder set aside by a killed swap included: it still serves
     if (run.root / "decoders").is_dir():
         saved = (p for p in (run.root / "decoders").iterdir() if not p.name.startswith("."))
         names |= {p.name for p in saved if p.is_dir()}
@@ -143,6 +143,7 @@ def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
     infos = []
     for name in _decoder_names(run):
         path = run.decoder(name)
+        path = path if path.exists() or not aside_path(path).is_dir() else aside_path(path)
         if refused(run, path, problems):
             continue
         config = _read_json(run, path / "config.json", problems)

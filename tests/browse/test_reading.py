@@ -111,3 +111,12 @@ def test_trainings_in_progress_show_their_own_logs(tmp_path):
     assert any("training in progress" in p for p in summary.problems)
     curves = browse.training_curves(summary.run)
     assert sorted(curves) == ["decoder trunk", "encoder"] and len(curves["encoder"]) == 2
+
+
+def test_a_decoder_set_aside_by_a_killed_swap_is_still_listed(tmp_path):
+    run = tmp_path / "root" / "r"
+    (run / "decoders" / ".old-trunk").mkdir(parents=True)
+    (run / "decoders" / ".old-trunk" / "config.json").write_text(json.dumps({"layer_dims": {"trunk": 4}}))
+    (run / "decoders" / ".old-trunk" / "m.safetensors").write_bytes(b"0")
+    summary = browse.summarize_run(tmp_path / "root", "r")
+    assert [(d.name, d.complete) for d in summary.decoders] == [("trunk", True)]
