@@ -3,7 +3,8 @@
 Exact resume without saving RNG state: every random draw of a training step comes from a generator seeded
 by (seed, step, rank, stream), and the data order of an epoch from (seed, epoch). Resuming at step s thus
 replays exactly what an uninterrupted run would have drawn; a checkpoint only holds model, optimizer, LR
-schedule (and EMA) state plus the step counter.
+schedule (and EMA) state plus the step counter, and the identity of its training (configuration and
+architecture), which a resume must match.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def run_steps(
     ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a one-line
     error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last record, images/s)``
     gives the metrics record to append (it must hold "loss", shown on the progress bar, main process
-    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result).
+    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result),
+    each pending until the next step has measured its state's loss: a non-finite loss, or one over
+    ``DIVERGED_FACTOR`` times the first, deletes it, so ``--resume`` never continues a diverged state.
     ``after_step(s + 1)`` runs last; when it returns True (time spent outside training, e.g. progress
     samples) the throughput clock restarts.
     """
