@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,11 +151,26 @@ def prepare_checkpoints(accelerator: Accelerator, root: Path, resume: bool) -> N
     accelerator.wait_for_everyone()
 
 
-def load_latest_checkpoint(accelerator: Accelerator, root: Path, identity: dict[str, Any], steps: int) -> int:
+def _apply_base_lrs(schedulers: Sequence[Any], bases: list[list[float]]) -> None:
+    """Give loaded LambdaLR schedules the configured base learning rates at their loaded step: a resume
+    with a lower learning rate (after a divergence) must not keep the checkpoint's."""
+    for sched, base in zip(schedulers, bases, strict=True):
+        inner = getattr(sched, "scheduler", sched)  # accelerate wraps schedulers
+        inner.base_lrs = list(base)
+        for group, lr, factor in zip(inner.optimizer.param_groups, base, inner.lr_lambdas, strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
+
+
+def load_latest_checkpoint(
+    accelerator: Accelerator, root: Path, identity: dict[str, Any], steps: int, schedulers: Sequence[Any] = ()
+) -> int:
     """Load the newest checkpoint under ``root`` into the prepared objects; returns its step (0 if none).
 
     ``identity`` is what must match (config fields and architecture): a checkpoint of another
-    configuration, or one past ``steps``, is a one-line error, never silently loaded."""
+    configuration, or one past ``steps``, is a one-line error, never silently loaded. The learning rate
+    is not part of it: ``schedulers`` (LambdaLR) keep their configured base rates."""
     found = checkpoint_dirs(root)
     if not found:
         return 0
@@ -174,11 +189,13 @@ def load_latest_checkpoint(accelerator: Accelerator, root: Path, identity: dict[
         )
     if step > steps:
         raise RcdmVizError(f"checkpoint '{latest}' is at step {step}, past the {steps} steps configured")
+    bases = [list(getattr(sched, "scheduler", sched).base_lrs) for sched in schedulers]
     try:
         accelerator.load_state(str(latest))
     except (RuntimeError, ValueError, KeyError, OSError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RcdmVizError(f"cannot resume from '{latest}': {reason}") from None
+    _apply_base_lrs(schedulers, bases)
     return step
 
 

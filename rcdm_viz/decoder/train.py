@@ -189,9 +189,9 @@ def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
         )
 
 
-# Fields that change neither the weights nor the data of a step: a resume may change them (more steps
-# continue a constant-LR training).
-_BOOKKEEPING = ("steps", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
+# Fields a resume may change: bookkeeping, more steps (a constant-LR training continues), and the
+# learning rate (resuming the last healthy checkpoint with a lower one after a divergence).
+_BOOKKEEPING = ("steps", "lr", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
                 "progress_images", "progress_steps", "feature_batch_size")
 
 
@@ -230,7 +230,8 @@ def _train_locked(
     ckpt_root = run.checkpoints(step_name)
     identity = decoder_identity(cfg, layer, encoder.fingerprint())
     prepare_checkpoints(accelerator, ckpt_root, resume)
-    start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps) if resume else 0
+    schedulers = [step_fn.lr_scheduler]
+    start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
     log = MetricsLog(run.training_metrics(step_name), enabled=main)
     if main:
         record_config(run, cfg, ("decoder",))

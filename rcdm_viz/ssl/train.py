@@ -216,9 +216,9 @@ def build_ssl_step(
 
 def encoder_identity(cfg: Config) -> dict:
     """What an encoder checkpoint must match to be resumed: data, architecture, views and SSL settings
-    (not the logging and checkpoint cadence)."""
+    (not the logging and checkpoint cadence, nor the learning rate)."""
     full = to_dict(cfg)
-    cadence = ("log_every", "checkpoint_every", "keep_checkpoints")
+    cadence = ("lr", "log_every", "checkpoint_every", "keep_checkpoints")
     ssl = {k: v for k, v in full["ssl"].items() if k not in cadence}
     data = {k: v for k, v in full["data"].items() if k != "decode_workers"}
     return {"data": data, "encoder": full["encoder"], "views": full["views"], "ssl": ssl}
@@ -251,7 +251,9 @@ def _train_locked(
     factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
     prepare_checkpoints(accelerator, ckpt_root, resume)
-    start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps) if resume else 0
+    start = 0
+    if resume:
+        start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps, [step_fn.scheduler])
     log = MetricsLog(run.training_metrics("encoder"), enabled=main)
     if main:
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.

@@ -266,6 +266,24 @@ def test_a_diverged_state_is_never_checkpointed(tiny_run, tmp_path, capsys):
     assert not any(name.startswith((".pending-", ".tmp-")) for name in left)
 
 
+def test_a_resume_may_lower_the_learning_rate(tiny_run, tmp_path, monkeypatch):
+    """After a divergence the hint is: lower the learning rate and resume from the last healthy checkpoint."""
+    import rcdm_viz.decoder.train as dtrain
+
+    run = run_with_encoder(tiny_run, tmp_path, "lower")
+    over = ("decoder.steps=4", "decoder.checkpoint_every=2")
+    def killed(*args):  # after the step-2 checkpoint, before the save
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dtrain, "_save_atomic", killed)
+        with pytest.raises(SystemExit):
+            main(_cli_train(run, *over))
+    assert main([*_cli_train(run, *over, "decoder.lr=1e-6"), "--resume"]) == 0
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run.decoder("trunk") / "metrics.jsonl")}
+    assert lrs[2] == pytest.approx(1e-4) and lrs[3] == lrs[4] == pytest.approx(1e-6)
+
+
 def test_one_training_per_run_and_layer_and_the_error_names_the_holder(tiny_run, tmp_path, capsys):
     from rcdm_viz.runs import step_lock
 
