@@ -58,6 +58,12 @@ def _scene_png(root: str, name: str, index: int) -> bytes:
     return browse.scene_png(browse.summarize_run(browse.runs_root(root), name), index)
 
 
+@st.cache_data(max_entries=4, show_spinner=False)
+def _decoded(data: bytes, name: str) -> Any:
+    """An upload decoded once (bounded and downscaled by ``decode_image``), not again on every rerun."""
+    return browse.decode_image(data, name)
+
+
 def live_sample(
     summary: browse.RunSummary,
     root: str,
@@ -75,7 +81,7 @@ def live_sample(
         if key in store:
             store.move_to_end(key)
             return {**store[key], "cached": True}
-    image = browse.decode_image(image_bytes)
+    image = _decoded(image_bytes, "upload")
     cfg = browse.sample_settings(browse.run_config(summary).sample, **settings)
     encoder, decoders = _models(root, summary.name, fingerprint, layers)
     start = time.perf_counter()
@@ -293,7 +299,7 @@ def _image_source(summary: browse.RunSummary, root: str) -> bytes | None:
             return None
         data = upload.getvalue()
         try:
-            browse.decode_image(data, upload.name)
+            _decoded(data, upload.name)
         except RcdmVizError as exc:
             st.error(str(exc))
             return None

@@ -9,12 +9,10 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import yaml
-
 from rcdm_viz.allocator import retain_freed_memory
-from rcdm_viz.config import Config, config_from_dict, load_config
+from rcdm_viz.config import Config, config_from_dict, load_config, read_config_file
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir
+from rcdm_viz.runs import RunDir, is_disk_full
 
 
 def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
@@ -93,7 +91,7 @@ def resolve_config(args: argparse.Namespace, run: RunDir, uses_run_config: bool)
     """Defaults <- the run's config.yaml (for steps after training) <- preset <- --set."""
     base = None
     if uses_run_config and run.config.is_file():
-        base = config_from_dict(yaml.safe_load(run.config.read_text()) or {})
+        base = config_from_dict(read_config_file(run.config))
     return load_config(args.preset, args.overrides, base=base)
 
 
@@ -218,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rcdm-viz: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # writes not wrapped by runs.writing still fail in one line when the disk is full
+        if not is_disk_full(exc):
+            raise
+        where = exc.filename or "writing"
+        print(f"rcdm-viz: error: disk full ({where}); free some space and retry", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ field. Unknown keys and values of the wrong type are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -45,6 +47,38 @@ def parse_enum(
         names = ", ".join(str(m.value) for m in allowed)
         raise RcdmVizError(f"unknown {what} {given!r}; choose one of: {names}")
     return member
+
+
+Rule = tuple[Callable[[Any], bool], str]  # (is the value valid, what a valid value is)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def at_least(low: float) -> Rule:
+    return (lambda v: _number(v) and v >= low), f"a number >= {low}"
+
+
+def above(low: float) -> Rule:
+    return (lambda v: _number(v) and v > low), f"a number > {low}"
+
+
+def between(low: float, high: float) -> Rule:
+    return (lambda v: _number(v) and low <= v <= high), f"a number in [{low}, {high}]"
+
+
+def each(rule: Rule, nonempty: bool = False) -> Rule:
+    ok, want = rule
+    return (lambda v: (len(v) > 0 or not nonempty) and all(ok(x) for x in v)), f"a list of {want}"
+
+
+def check_fields(section: str, obj: Any, rules: dict[str, Rule]) -> None:
+    """One-line error naming the first field of ``obj`` outside its valid range (NaN and inf never are)."""
+    for name, (ok, want) in rules.items():
+        value = getattr(obj, name)
+        if not ok(value):
+            raise RcdmVizError(f"bad value {value!r} for '{section}.{name}' (expected {want})")
 
 
 class DataSource(StrEnum):
@@ -129,6 +163,12 @@ class DataConfig:
     root: str = ""  # image folder (source folder) or cache directory (source cache)
     decode_workers: int = 0  # threads decoding an image folder (0 = one per CPU core)
 
+    def __post_init__(self) -> None:
+        check_fields("data", self, {
+            "resolution": at_least(8), "n_train": at_least(1), "n_val": at_least(1), "seed": at_least(0),
+            "decode_workers": at_least(0),
+        })
+
 
 @dataclass
 class EncoderConfig:
@@ -139,6 +179,9 @@ class EncoderConfig:
     head: str = "8192-8192-8192"  # projector dims (E/N, VICReg); "linear:K" or "none" also accepted
     base_width: int = 64  # width of the first stage; 64 = torchvision, smaller for CPU work
     small_input: bool = False  # CIFAR-style stem (3x3 conv, no max-pool) for 32-64 px inputs
+
+    def __post_init__(self) -> None:
+        check_fields("encoder", self, {"width": at_least(1), "base_width": at_least(1)})
 
 
 @dataclass
@@ -207,19 +250,14 @@ class SSLConfig:
     keep_checkpoints: int = 2  # how many checkpoints to keep
 
     def __post_init__(self) -> None:
-        checks = {
-            "temperature": self.temperature > 0,
-            "byol_momentum": 0.0 <= self.byol_momentum <= 1.0,
-            "lr": self.lr > 0,
-            "probe_lr": self.probe_lr > 0,
-            "lars_eta": self.lars_eta > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "log_every": self.log_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise RcdmVizError(f"bad value {getattr(self, name)!r} for 'ssl.{name}'")
+        check_fields("ssl", self, {
+            "temperature": above(0), "sim_coeff": at_least(0), "std_coeff": at_least(0),
+            "cov_coeff": at_least(0), "barlow_lambda": at_least(0), "byol_momentum": between(0, 1),
+            "byol_predictor_hidden": at_least(1), "batch_size": at_least(2), "epochs": at_least(1),
+            "lr": above(0), "weight_decay": at_least(0), "lars_eta": above(0), "lars_momentum": between(0, 1),
+            "warmup_epochs": at_least(0), "probe_lr": above(0), "seed": at_least(0), "log_every": at_least(1),
+            "checkpoint_every": at_least(1), "keep_checkpoints": at_least(1),
+        })
 
 
 class ProbeSolver(StrEnum):
@@ -254,7 +292,13 @@ class ProbeConfig:
     n_train: int = 0  # training images for the probe (0 = all of data.n_train)
 
     def __post_init__(self) -> None:
-        if not self.ridge or any(r <= 0 for r in self.ridge):
+        check_fields("probe", self, {
+            "epochs": at_least(1), "lr": above(0), "weight_decay": at_least(0), "batch_size": at_least(1),
+            "l2": at_least(0), "lbfgs_steps": at_least(1), "mlp_hidden": at_least(1),
+            "mlp_epochs": at_least(0), "mlp_lr": above(0), "knn_k": at_least(1), "knn_temperature": above(0),
+            "rankme_n": at_least(1), "invariance_images": at_least(2), "n_train": at_least(0),
+        })
+        if not self.ridge or not all(_number(r) and r > 0 for r in self.ridge):
             raise RcdmVizError(f"bad value {self.ridge!r} for 'probe.ridge' (one or more penalties > 0)")
         if not 0 < self.ridge_holdout < 1:
             raise RcdmVizError(f"bad value {self.ridge_holdout!r} for 'probe.ridge_holdout' (in (0, 1))")
@@ -297,6 +341,19 @@ class DecoderConfig:
     progress_images: int = 4  # fixed validation images sampled for progress
     progress_steps: int = 25  # DDIM steps of the progress samples
 
+    def __post_init__(self) -> None:
+        check_fields("decoder", self, {
+            "resolution": at_least(8), "block_out_channels": each(at_least(1), nonempty=True),
+            "layers_per_block": at_least(1), "attention_resolutions": each(at_least(1)),
+            "norm_num_groups": at_least(1), "num_train_timesteps": at_least(1), "p_uncond": between(0, 1),
+            "snr_gamma": at_least(0), "timestep_bias": at_least(0), "batch_size": at_least(1),
+            "steps": at_least(1), "lr": above(0), "weight_decay": at_least(0), "warmup_steps": at_least(0),
+            "ema_decay": between(0, 1), "seed": at_least(0), "log_every": at_least(1),
+            "checkpoint_every": at_least(1), "keep_checkpoints": at_least(1),
+            "feature_batch_size": at_least(1), "grad_accum_steps": at_least(1), "sample_every": at_least(0),
+            "progress_images": at_least(0), "progress_steps": at_least(1),
+        })
+
 
 @dataclass
 class SampleConfig:
@@ -308,6 +365,13 @@ class SampleConfig:
     guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional sampling, as RCDM)
     seed: int = 0  # sample j of every row uses noise seeded by (seed, j)
     batch_size: int = 64  # UNet batch size while sampling
+
+    def __post_init__(self) -> None:
+        # guidance far outside [0, 100] only gives saturated (all-black) images
+        check_fields("sample", self, {
+            "n": at_least(1), "steps": at_least(1), "guidance": between(0, 100), "seed": at_least(0),
+            "batch_size": at_least(1),
+        })
 
 
 class Distance(StrEnum):
@@ -331,6 +395,12 @@ class ScoresConfig:
     oracle_batch_size: int = 128  # oracle batch size
     oracle_lr: float = 2e-3  # oracle AdamW learning rate (cosine decay)
 
+    def __post_init__(self) -> None:
+        check_fields("scores", self, {
+            "gallery": at_least(2), "oracle_n_train": at_least(1), "oracle_steps": at_least(1),
+            "oracle_batch_size": at_least(1), "oracle_lr": above(0),
+        })
+
 
 @dataclass
 class QuickstartConfig:
@@ -339,6 +409,9 @@ class QuickstartConfig:
     decoder_layers: tuple[str, ...] = ("trunk", "head1", "head2", "head3")  # rows of the demo's grids
     shared_decoder: bool = True  # one decoder for all layers (`--layer all`) instead of one per layer
     n_images: int = 4  # held-out scenes sampled into grids
+
+    def __post_init__(self) -> None:
+        check_fields("quickstart", self, {"n_images": at_least(1)})
 
 
 @dataclass
@@ -388,13 +461,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise RcdmVizError(f"'{key}' expects true/false, got {value!r}")
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as a string
+    if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
-            return float(value)
+            number = float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise RcdmVizError(f"'{key}' expects a finite number, got {value!r}")
+        if number is not None:
+            return number
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
@@ -426,7 +501,10 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise RcdmVizError(f"--set expects key=value, got '{text}'")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise RcdmVizError(f"--set {key.strip()}: cannot parse the value {raw!r}") from None
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -438,12 +516,30 @@ def parse_override(text: str) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise RcdmVizError(f"cannot read config file '{path}': {exc}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RcdmVizError(f"cannot read config file '{path}': {unreadable_reason(exc)}") from None
     if not isinstance(data, dict):
         raise RcdmVizError(f"config file '{path}' must hold a mapping")
     return data
+
+
+def unreadable_reason(exc: BaseException) -> str:
+    """Why a config file is unreadable, without quoting its content (a YAML error echoes the line)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        return f"invalid YAML at line {exc.problem_mark.line + 1}: {exc.problem}"
+    if isinstance(exc, yaml.YAMLError):
+        return "invalid YAML"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config YAML file (a preset, or a run's config.yaml) as a dict, or a one-line error."""
+    return _read_yaml(Path(path))
 
 
 def preset_path(name: str) -> Path:

@@ -9,10 +9,16 @@ Layout (docs/DESIGN.md, "The run directory")::
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,15 +69,22 @@ class RunDir:
 
     def decoder_for(self, layer: str) -> Path | None:
         """The decoder that serves ``layer``: its own ``decoders/<layer>/`` when trained, else the shared
-        ``decoders/all/`` when trained, else None."""
+        ``decoders/all/`` when trained, else None. A decoder set aside by a swap that was killed midway
+        (``replace_dir``) still serves."""
         for path in (self.decoder(layer), self.shared_decoder):
-            if (path / "config.json").is_file():
-                return path
+            for candidate in (path, aside_path(path)):
+                if (candidate / "config.json").is_file():
+                    return candidate
         return None
 
     def checkpoints(self, step_name: str) -> Path:
         """Resumable training state of one step (e.g. "encoder", "decoder-trunk")."""
         return self.root / "checkpoints" / step_name
+
+    def training_metrics(self, step_name: str) -> Path:
+        """metrics.jsonl of a training in progress; it joins the model's bundle when the model is saved,
+        so a bundle's metrics always describe that bundle's model."""
+        return self.checkpoints(step_name) / "metrics.jsonl"
 
     def samples(self, image_id: str) -> Path:
         return self.root / "samples" / image_id
@@ -97,7 +110,92 @@ class RunDir:
         root = self.root / "decoders"
         if not root.is_dir():
             return []
-        return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+        live = (p for p in root.iterdir() if not p.name.startswith("."))
+        found = {p.name for p in live if (p / "config.json").is_file()}
+        aside = {p.name[len(_ASIDE) :] for p in root.glob(f"{_ASIDE}*") if (p / "config.json").is_file()}
+        return sorted(found | aside)
+
+
+_ASIDE = ".old-"  # prefix of a directory that replace_dir set aside
+
+
+def aside_path(final: Path) -> Path:
+    """Where ``replace_dir`` keeps the old ``final`` during a swap."""
+    return final.with_name(f"{_ASIDE}{final.name}")
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Move directory ``new`` onto ``final``: the old one is renamed aside first, then ``new`` renamed in,
+    then the old one deleted. A kill at any moment leaves a complete ``final`` or its aside copy (which
+    ``RunDir.decoder_for`` still finds); an error puts the old one back."""
+    old = aside_path(final)
+    if old.exists() and not final.exists():
+        old.rename(final)  # an earlier swap was killed in its window: its old copy is the live one
+    shutil.rmtree(old, ignore_errors=True)
+    had_old = final.exists()
+    if had_old:
+        final.rename(old)
+    try:
+        new.rename(final)
+    except Exception:
+        if had_old:
+            old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or quota) is full; torch and safetensors wrap ENOSPC in messages."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    return "no space left" in text or "file write failed" in text or "disk quota" in text
+
+
+@contextmanager
+def writing(what: Path, cleanup: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Write ``what``; on any error remove ``cleanup`` (temp files that would keep a full disk full) and
+    turn a full disk into a one-line error."""
+    try:
+        yield
+    except Exception as exc:
+        for path in cleanup:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise RcdmVizError(f"disk full while writing '{what}'; free some space and retry") from None
+        raise
+
+
+@contextmanager
+def step_lock(run: RunDir, step_name: str, enabled: bool = True) -> Iterator[None]:
+    """Hold the lock of one step of one run (e.g. "decoder-trunk") or fail with a one-line error naming
+    the holder. An OS lock (flock): a killed holder releases it, so no stale lock ever blocks a retry."""
+    if not enabled:
+        yield
+        return
+    path = run.root / "checkpoints" / f".{step_name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise RcdmVizError(
+                f"step '{step_name}' of run '{run.root}' is already running ({holder}); wait for it to end"
+            ) from None
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -157,7 +255,12 @@ def record_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     """
     existing: dict[str, Any] = {}
     if run.config.is_file():
-        existing = yaml.safe_load(run.config.read_text()) or {}
+        try:
+            existing = yaml.safe_load(run.config.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            raise RcdmVizError(f"cannot read '{run.config}': not a UTF-8 YAML file") from None
+        if not isinstance(existing, dict):
+            raise RcdmVizError(f"'{run.config}' must hold a mapping")
     full = to_dict(cfg)
     for name in sections:
         existing[name] = full[name]

@@ -16,6 +16,7 @@ from rcdm_viz.data.sources import load_images
 from rcdm_viz.decoder.grids import (
     fit,
     image_id,
+    image_ids,
     interpolation_grid,
     png_bytes,
     read_image,
@@ -243,12 +244,12 @@ def sample_images(
         side = next(iter(decoders.values())).config.resolution
         gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
     paths = []
-    for path, image in inputs:
+    for ident, (_, image) in zip(image_ids([p for p, _ in inputs]), inputs, strict=True):
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
         result = None
         if gallery is not None:
             result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-            write_json(run.samples(image_id(path)) / "scores.json", result)
+            write_json(run.samples(ident) / "scores.json", result)
         notes = layer_notes(run, result, cfg.views.redraw_factors)
-        paths.append(write_sample_dir(run.samples(image_id(path)), image, rows, notes, cfg.sample))
+        paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample))
     return paths

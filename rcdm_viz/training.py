@@ -3,7 +3,8 @@
 Exact resume without saving RNG state: every random draw of a training step comes from a generator seeded
 by (seed, step, rank, stream), and the data order of an epoch from (seed, epoch). Resuming at step s thus
 replays exactly what an uninterrupted run would have drawn; a checkpoint only holds model, optimizer, LR
-schedule (and EMA) state plus the step counter.
+schedule (and EMA) state plus the step counter, and the identity of its training (configuration and
+architecture), which a resume must match.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -24,10 +26,14 @@ from tqdm.auto import tqdm
 
 from rcdm_viz.config import Precision
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import MetricsLog, atomic_write_text
+from rcdm_viz.runs import MetricsLog, atomic_write_text, writing
 from rcdm_viz.seeding import generator_for
 
 _CKPT_PREFIX = "step-"
+_PENDING = ".pending-"  # a checkpoint whose state has not yet shown a healthy loss
+# A loss this many times the first loss of a training is divergence: its state is never checkpointed.
+# Normal training stays far below (losses start at their largest, O(1) to O(log batch) here).
+DIVERGED_FACTOR = 100.0
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -88,35 +94,118 @@ def checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]))
 
 
-def save_checkpoint(accelerator: Accelerator, root: Path, step: int, keep: int) -> None:
-    """Save the accelerate state at ``step`` under ``root/step-N`` and keep the newest ``keep``.
+def _flat(identity: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in identity.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def save_checkpoint(accelerator: Accelerator, root: Path, step: int, identity: dict[str, Any]) -> Path:
+    """Save the accelerate state at ``step`` as a *pending* checkpoint ``root/.pending-step-N``; returns
+    its path. ``settle_checkpoint`` makes it resumable once the next step shows its loss is healthy.
 
     Written into a temporary directory and renamed, so a crash never leaves a half checkpoint that
-    ``--resume`` would pick up.
+    ``--resume`` would pick up; a failed write (a full disk) removes its temporary directory.
     """
-    final = root / f"{_CKPT_PREFIX}{step:09d}"
-    tmp = root / f".tmp-{_CKPT_PREFIX}{step:09d}"
+    name = f"{_CKPT_PREFIX}{step:09d}"
+    tmp, pending = root / f".tmp-{name}", root / f"{_PENDING}{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        atomic_write_text(tmp / "state.json", json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoint_dirs(root)[: -max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+    with writing(tmp, cleanup=(tmp,)):
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            atomic_write_text(tmp / "state.json", json.dumps({"step": step, "identity": identity}))
+            shutil.rmtree(pending, ignore_errors=True)
+            tmp.rename(pending)
+    accelerator.wait_for_everyone()
+    return pending
+
+
+def settle_checkpoint(accelerator: Accelerator, pending: Path, healthy: bool, keep: int) -> None:
+    """Promote a pending checkpoint to ``step-N`` (keeping the newest ``keep``) when the loss of its state
+    was ``healthy``, else delete it: a diverged state is never resumable."""
+    if accelerator.is_main_process and pending.is_dir():
+        if healthy:
+            final = pending.with_name(pending.name[len(_PENDING) :])
+            shutil.rmtree(final, ignore_errors=True)
+            pending.rename(final)
+            for old in checkpoint_dirs(pending.parent)[: -max(keep, 1)]:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(pending, ignore_errors=True)
     accelerator.wait_for_everyone()
 
 
-def load_latest_checkpoint(accelerator: Accelerator, root: Path) -> int:
-    """Load the newest checkpoint under ``root`` into the prepared objects; returns its step (0 if none)."""
+def prepare_checkpoints(accelerator: Accelerator, root: Path, resume: bool) -> None:
+    """Remove what killed or failed saves left (temp and pending checkpoints); a fresh training also
+    removes the checkpoints of any earlier training, which a later ``--resume`` would otherwise load."""
+    if accelerator.is_main_process and root.is_dir():
+        for path in root.iterdir():
+            if not resume or path.name.startswith((".tmp-", _PENDING)):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def _apply_base_lrs(schedulers: Sequence[Any], bases: list[list[float]]) -> None:
+    """Give loaded LambdaLR schedules the configured base learning rates at their loaded step: a resume
+    with a lower learning rate (after a divergence) must not keep the checkpoint's."""
+    for sched, base in zip(schedulers, bases, strict=True):
+        inner = getattr(sched, "scheduler", sched)  # accelerate wraps schedulers
+        inner.base_lrs = list(base)
+        for group, lr, factor in zip(inner.optimizer.param_groups, base, inner.lr_lambdas, strict=True):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in inner.optimizer.param_groups]
+
+
+def load_latest_checkpoint(
+    accelerator: Accelerator, root: Path, identity: dict[str, Any], steps: int, schedulers: Sequence[Any] = ()
+) -> int:
+    """Load the newest checkpoint under ``root`` into the prepared objects; returns its step (0 if none).
+
+    ``identity`` is what must match (config fields and architecture): a checkpoint of another
+    configuration, or one past ``steps``, is a one-line error, never silently loaded. The learning rate
+    is not part of it: ``schedulers`` (LambdaLR) keep their configured base rates."""
     found = checkpoint_dirs(root)
     if not found:
         return 0
     latest = found[-1]
-    accelerator.load_state(str(latest))
-    return int(json.loads((latest / "state.json").read_text())["step"])
+    try:
+        state = json.loads((latest / "state.json").read_text())
+        step, stored = int(state["step"]), state.get("identity")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise RcdmVizError(f"checkpoint '{latest}' is unreadable; train without --resume") from None
+    if stored != identity:
+        ours, theirs = _flat(identity), _flat(stored if isinstance(stored, dict) else {})
+        differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise RcdmVizError(
+            f"checkpoint '{latest}' belongs to another configuration (differs in: {', '.join(differ[:6])}); "
+            "train without --resume to start afresh"
+        )
+    if step > steps:
+        raise RcdmVizError(f"checkpoint '{latest}' is at step {step}, past the {steps} steps configured")
+    bases = [list(getattr(sched, "scheduler", sched).base_lrs) for sched in schedulers]
+    try:
+        accelerator.load_state(str(latest))
+    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise RcdmVizError(f"cannot resume from '{latest}': {reason}") from None
+    _apply_base_lrs(schedulers, bases)
+    return step
+
+
+def resume_hint(root: Path) -> str:
+    """Which checkpoint ``--resume`` would use, for an error that stops a training."""
+    found = checkpoint_dirs(root)
+    if not found:
+        return "no checkpoint to resume from: train afresh"
+    step = int(found[-1].name[len(_CKPT_PREFIX) :])
+    return f"--resume continues from step {step}, the newest checkpoint whose loss was healthy"
 
 
 @dataclass(frozen=True)
@@ -131,6 +220,8 @@ class LoopSettings:
     checkpoint_every: int  # steps between resumable checkpoints
     keep_checkpoints: int  # how many checkpoints to keep
     loss_digits: int = 3  # decimals of the loss on the progress bar
+    # what a resume must match (config fields, architecture), stored with every checkpoint
+    identity: dict[str, Any] = field(default_factory=dict)
 
 
 def run_steps(
@@ -150,18 +241,30 @@ def run_steps(
     ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a one-line
     error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last record, images/s)``
     gives the metrics record to append (it must hold "loss", shown on the progress bar, main process
-    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result).
+    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result),
+    each pending until the next step has measured its state's loss: a non-finite loss, or one over
+    ``DIVERGED_FACTOR`` times the first, deletes it, so ``--resume`` never continues a diverged state.
     ``after_step(s + 1)`` runs last; when it returns True (time spent outside training, e.g. progress
     samples) the throughput clock restarts.
     """
     shown = progress and accelerator.is_main_process
     bar = tqdm(range(start, steps), desc=settings.name, disable=not shown)
     tick, seen, window = time.perf_counter(), 0, []
+    pending, reference = None, None
     for s in bar:
         logs = step(s)
-        if not math.isfinite(logs["loss"]):
-            loss, lower = logs["loss"], settings.lr_key
-            raise RcdmVizError(f"{settings.what} loss became {loss} at step {s}; lower {lower}")
+        loss = logs["loss"]
+        finite = math.isfinite(loss)
+        reference = abs(loss) if reference is None and finite else reference
+        if pending is not None:  # the pending checkpoint holds the state whose loss step s just measured
+            healthy = finite and abs(loss) <= DIVERGED_FACTOR * max(reference or 0.0, 1e-3)
+            settle_checkpoint(accelerator, pending, healthy, settings.keep_checkpoints)
+            pending = None
+        if not finite:
+            raise RcdmVizError(
+                f"{settings.what} loss became {loss} at step {s}; lower {settings.lr_key} "
+                f"({resume_hint(ckpt_root)})"
+            )
         window.append(logs)
         seen += settings.batch_size
         if (s + 1) % settings.log_every == 0 or s + 1 == steps:
@@ -171,6 +274,6 @@ def run_steps(
             bar.set_postfix(loss=f"{entry['loss']:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
             tick, seen, window = time.perf_counter(), 0, []
         if (s + 1) % settings.checkpoint_every == 0 and s + 1 < steps:
-            save_checkpoint(accelerator, ckpt_root, s + 1, settings.keep_checkpoints)
+            pending = save_checkpoint(accelerator, ckpt_root, s + 1, settings.identity)
         if after_step is not None and after_step(s + 1):
             tick = time.perf_counter()

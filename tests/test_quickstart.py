@@ -15,6 +15,7 @@ from rcdm_viz.decoder.model import load_decoder
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.ssl.train import train_encoder
+from rcdm_viz.training import checkpoint_dirs
 from tests.conftest import tiny_config
 
 
@@ -38,7 +39,7 @@ def test_encoder_resume_is_bit_exact(tmp_path):
     resumed = RunDir(tmp_path / "resumed")
     train_encoder(tiny_config("ssl.checkpoint_every=3"), resumed, progress=False)
     # As if killed after step 5: only the step-3 checkpoint exists; resuming must replay steps 3..7 exactly.
-    ckpts = sorted(p.name for p in resumed.checkpoints("encoder").iterdir())
+    ckpts = [p.name for p in checkpoint_dirs(resumed.checkpoints("encoder"))]
     assert ckpts == ["step-000000003", "step-000000006"]
     shutil.rmtree(resumed.checkpoints("encoder") / "step-000000006")
     (resumed.encoder / "model.safetensors").unlink()

@@ -63,3 +63,19 @@ def test_sample_images_refuses_bad_requests_before_sampling(run_copy, tmp_path):
     with pytest.raises(RcdmVizError, match="unknown layer 'head9'"):
         sample_images(cfg, run, [str(good)], "trunk,head9")
     assert not run.samples("a").exists()
+
+
+def test_inputs_sharing_a_name_get_distinct_sample_ids(run_copy, tmp_path):
+    from rcdm_viz.decoder.grids import image_ids
+
+    cfg, run = run_copy
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "good.png", tmp_path / "good.jpg", tmp_path / "b" / "good.png", tmp_path / "solo.png"]
+    for i, path in enumerate(paths):
+        Image.new("RGB", (20, 20), (60 * i, 10, 10)).save(path)
+    assert image_ids(paths) == ["good_png", "good_jpg", "good_png-2", "solo"]
+    grids = sample_images(cfg, run, [str(p) for p in paths[:2]], "trunk")
+    assert [g.parent.name for g in grids] == ["good_png", "good_jpg"]
+    ids = ("good_png", "good_jpg")
+    first, second = (Image.open(run.samples(i) / "input.png").getpixel((0, 0)) for i in ids)
+    assert first != second  # neither overwrote the other

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +13,16 @@ import torch
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import MetricsLog, read_metrics
 from rcdm_viz.seeding import derive_seed, generator_for, sample_seed
-from rcdm_viz.training import LoopSettings, batch_indices, checkpoint_dirs, run_steps
+from rcdm_viz.training import (
+    LoopSettings,
+    batch_indices,
+    checkpoint_dirs,
+    load_latest_checkpoint,
+    prepare_checkpoints,
+    run_steps,
+    save_checkpoint,
+    settle_checkpoint,
+)
 
 
 def test_seeds_are_blake2b_of_their_parts_and_never_change():
@@ -75,6 +85,41 @@ def test_run_steps_records_every_log_every_steps_and_at_the_last(tmp_path):
 def test_run_steps_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_path):
     acc = SimpleNamespace(is_main_process=True)
     log = MetricsLog(tmp_path / "metrics.jsonl")
-    with pytest.raises(RcdmVizError, match=r"^test loss became nan at step 1; lower test.lr$"):
+    want = r"^test loss became nan at step 1; lower test.lr \(no checkpoint to resume from: train afresh\)$"
+    with pytest.raises(RcdmVizError, match=want):
         run_steps(acc, _settings(), 0, 5, lambda s: {"loss": math.nan if s == 1 else 1.0},
                   lambda s, w, r: {"loss": 0.0}, log, tmp_path, progress=False)
+
+
+def _fake_accelerator(saved: list[str]) -> SimpleNamespace:
+    def save_state(path):
+        Path(path).mkdir(parents=True)
+        saved.append(Path(path).name)
+
+    return SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None, save_state=save_state,
+                           load_state=lambda path: None)
+
+
+def test_only_states_with_a_healthy_loss_become_checkpoints(tmp_path):
+    """The checkpoint after step s holds the state whose loss step s + 1 measures: a state that diverged
+    (non-finite, or 100x the first loss) is deleted, and the error names the checkpoint a resume uses."""
+    losses = {0: 1.0, 1: 0.9, 2: 0.8, 3: 500.0, 4: 1e6, 5: math.nan}
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    with pytest.raises(RcdmVizError, match="--resume continues from step 2"):
+        run_steps(_fake_accelerator([]), _settings(checkpoint_every=1, keep_checkpoints=5, identity={"a": 1}),
+                  0, 8, lambda s: {"loss": losses[s]}, lambda s, w, r: {"loss": 0.0}, log, tmp_path, False)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == [f"step-{s:09d}" for s in (1, 2)]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_resume_checks_the_identity_and_the_step(tmp_path):
+    acc = _fake_accelerator([])
+    pending = save_checkpoint(acc, tmp_path, 4, {"decoder": {"seed": 0, "lr": 1.0}})
+    settle_checkpoint(acc, pending, True, 2)
+    assert load_latest_checkpoint(acc, tmp_path, {"decoder": {"seed": 0, "lr": 1.0}}, 10) == 4
+    with pytest.raises(RcdmVizError, match=r"another configuration \(differs in: decoder.seed\)"):
+        load_latest_checkpoint(acc, tmp_path, {"decoder": {"seed": 7, "lr": 1.0}}, 10)
+    with pytest.raises(RcdmVizError, match="at step 4, past the 3 steps configured"):
+        load_latest_checkpoint(acc, tmp_path, {"decoder": {"seed": 0, "lr": 1.0}}, 3)
+    prepare_checkpoints(acc, tmp_path, resume=False)
+    assert load_latest_checkpoint(acc, tmp_path, {}, 10) == 0

@@ -7,8 +7,9 @@ corrupt file: readers then return what they could read plus a list of problems i
 what a run on disk looks like. Errors a user causes (a bad run name, a non-image upload) raise
 ``RcdmVizError`` with a one-line message.
 
-Modules: ``reading`` (runs, summaries, curves, stored samples, the layer table) and ``live`` (sampling
-from the app). Every name the app uses is importable from ``rcdm_viz.browse``.
+Modules: ``roots`` (the runs root: finding runs, names from URLs, every path confined to the root),
+``reading`` (summaries, curves, stored samples, the layer table) and ``live`` (sampling from the app).
+Every name the app uses is importable from ``rcdm_viz.browse``.
 """
 
 from rcdm_viz.browse.live import (
@@ -24,9 +25,6 @@ from rcdm_viz.browse.live import (
 )
 from rcdm_viz.browse.reading import (
     CURVE_SKIP,
-    DEFAULT_RUNS,
-    MAX_DEPTH,
-    RUNS_ENV,
     SUMMARY_FIELDS,
     DecoderInfo,
     RunSummary,
@@ -35,25 +33,34 @@ from rcdm_viz.browse.reading import (
     config_summary,
     curve_columns,
     encoder_layers,
-    is_run_dir,
     layer_rows,
     layer_table,
-    list_runs,
     list_samples,
     load_sample,
     open_png,
     read_config,
     report_plots,
-    resolve_run,
     run_config,
-    runs_root,
-    safe_join,
     summarize_run,
     training_curves,
     upscale,
 )
+from rcdm_viz.browse.roots import (
+    DEFAULT_RUNS,
+    MAX_DEPTH,
+    RUNS_ENV,
+    BrowsedRun,
+    confined,
+    is_run_dir,
+    list_runs,
+    resolve_run,
+    runs_root,
+    safe_join,
+)
 
 __all__ = [
+    "BrowsedRun",
+    "confined",
     "CURVE_SKIP",
     "DEFAULT_RUNS",
     "DecoderInfo",

@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from rcdm_viz.browse.reading import RunSummary, read_config, run_config
+from rcdm_viz.browse.roots import confined
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir
@@ -36,12 +37,13 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
     """Image bytes (PNG, JPEG, ...) -> float tensor [3,H,W] in [0,1], or a one-line error naming ``name``."""
     from torchvision.transforms.functional import pil_to_tensor  # deferred: run views load without torch
 
+    from rcdm_viz.data.folder import READ_SIDE, open_rgb  # deferred: run views load without torch
+
     if not data:
         raise RcdmVizError(f"'{name}' is empty")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return pil_to_tensor(img.convert("RGB")).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return pil_to_tensor(open_rgb(io.BytesIO(data), READ_SIDE)).float() / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
 
 
@@ -74,6 +76,13 @@ def load_models(run: RunDir, layers: Sequence[str]) -> tuple[Any, dict[str, Any]
     from rcdm_viz.encoders import load_encoder  # deferred: run views load without torch
     from rcdm_viz.sample_run import load_decoders  # deferred: run views load without torch
 
+    bundles = [run.encoder / "config.json", run.encoder / "model.safetensors"]
+    if (run.root / "decoders").is_dir():
+        bundles += [p for d in (run.root / "decoders").iterdir() for p in (d, *d.glob("*")) if p.exists()]
+    for path in bundles:
+        if path.exists() and confined(run, path) is None:
+            where = path.relative_to(run.root).as_posix()
+            raise RcdmVizError(f"{where} in run '{run.root.name}' points outside the runs root: not loaded")
     encoder = load_encoder(run.require_encoder())
     return encoder, load_decoders(run, encoder.select_layers(list(layers)), encoder)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,101 +16,29 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from rcdm_viz.config import Config, config_from_dict
+from rcdm_viz.browse.roots import (
+    confined,
+    refused,
+    resolve_run,
+    safe_join,
+)
+from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
-from rcdm_viz.runs import RunDir, read_metrics
+from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
-RUNS_ENV = "RCDM_VIZ_RUNS"  # environment variable naming the runs root (`rcdm-viz app --runs DIR` sets it)
-DEFAULT_RUNS = "runs"  # runs root when the variable is unset
-MAX_DEPTH = 3  # runs may be grouped in folders (runs/widths/d512), at most this deep
-_RUN_MARKERS = ("config.yaml", "encoder", "decoders", "samples")  # any of these makes a directory a run
 _NOT_STRIPS = ("grid", "input")  # PNGs of a sample directory that are not a layer's samples
 # Keys of a metrics.jsonl record that are bookkeeping, not curves to plot against the step.
 CURVE_SKIP = ("step", "epoch")
 
 
-# ------------------------------------------------------------------------------------ runs and paths
-
-
-def runs_root(value: str | os.PathLike[str] | None = None) -> Path:
-    """The runs root: ``value``, else $RCDM_VIZ_RUNS, else ``runs/``; absolute, symlinks resolved."""
-    raw = value if value not in (None, "") else os.environ.get(RUNS_ENV) or DEFAULT_RUNS
-    return Path(raw).expanduser().resolve()
-
-
-def safe_join(base: Path, *parts: str) -> Path:
-    """``base/part/...`` resolved, refusing anything that is not a plain name or lands outside ``base``.
-
-    Names come from URLs and file listings, so ``..``, absolute paths, separators and symlinks that point
-    elsewhere are all refused; the final check compares resolved paths (``is_relative_to``).
-    """
-    root = Path(base).resolve()
-    path = root
-    for part in parts:
-        if (
-            not isinstance(part, str)
-            or part in ("", ".", "..")
-            or "/" in part
-            or "\\" in part
-            or "\x00" in part
-        ):
-            raise RcdmVizError(f"'{part}' is not a valid name inside '{root}'")
-        path = path / part
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        raise RcdmVizError(f"'{'/'.join(parts)}' leads outside '{root}'")
-    return resolved
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` holds any part of a run (config.yaml, encoder/, decoders/ or samples/)."""
-    return any((Path(path) / marker).exists() for marker in _RUN_MARKERS)
-
-
-def list_runs(root: Path) -> list[str]:
-    """Names (relative paths, '/'-separated) of the run directories under ``root``, sorted.
-
-    A run is a directory holding config.yaml, encoder/, decoders/ or samples/; folders that are not runs
-    are searched up to ``MAX_DEPTH`` levels. Hidden directories and links leaving the root are skipped.
-    """
-    root = Path(root).resolve()
-    if not root.is_dir():
-        raise RcdmVizError(f"runs root '{root}' does not exist or is not a directory")
-    found: list[str] = []
-    frontier = [root]
-    for _ in range(MAX_DEPTH):
-        deeper = []
-        for folder in frontier:
-            for child in sorted(folder.iterdir()):
-                if child.name.startswith(".") or not child.is_dir():
-                    continue
-                if not child.resolve().is_relative_to(root):
-                    continue
-                if is_run_dir(child):
-                    found.append(child.relative_to(root).as_posix())
-                else:
-                    deeper.append(child)
-        frontier = deeper
-    return sorted(found)
-
-
-def resolve_run(root: Path, name: str) -> RunDir:
-    """The run called ``name`` (as ``list_runs`` names it) under ``root``, or a one-line error."""
-    if not isinstance(name, str) or not name.strip():
-        raise RcdmVizError("no run selected")
-    path = safe_join(root, *name.split("/"))
-    if not path.is_dir() or not is_run_dir(path):
-        raise RcdmVizError(f"'{name}' is not a run directory under '{Path(root).resolve()}'")
-    return RunDir(path)
-
-
 # ----------------------------------------------------------------------------------- small readers
 
 
-def _read_json(path: Path, problems: list[str]) -> Any:
-    """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent)."""
-    if not path.is_file():
+def _read_json(run: RunDir, path: Path, problems: list[str]) -> Any:
+    """JSON at ``path``, or None (noting why in ``problems`` unless the file is simply absent); a file
+    outside the runs root is never read, and errors never quote the file."""
+    if refused(run, path, problems) or not path.is_file():
         return None
     try:
         return json.loads(path.read_text())
@@ -120,8 +47,11 @@ def _read_json(path: Path, problems: list[str]) -> Any:
         return None
 
 
-def open_png(path: Path) -> tuple[Image.Image | None, str | None]:
-    """(image, None) for a readable image file, else (None, a one-line reason): corrupt PNGs never raise."""
+def open_png(path: Path, run: RunDir | None = None) -> tuple[Image.Image | None, str | None]:
+    """(image, None) for a readable image file, else (None, a one-line reason): corrupt PNGs never raise.
+    With ``run``, a file leading outside its runs root is refused."""
+    if run is not None and confined(run, path) is None and path.exists():
+        return None, f"{path.name} points outside the runs root: not read"
     if not path.is_file():
         return None, f"{path.name} is missing"
     try:
@@ -188,19 +118,42 @@ def encoder_layers(encoder_config: dict[str, Any]) -> dict[str, int]:
     return dims
 
 
+def _current_log(run: RunDir, bundle: Path, step_name: str) -> Path:
+    """A training's metrics: the log of a training in progress (checkpoints/<step>/metrics.jsonl) while
+    it is newer than the saved model's, else the saved model's."""
+    live = run.training_metrics(step_name)
+    if live.is_file() and (not bundle.is_file() or live.stat().st_mtime_ns > bundle.stat().st_mtime_ns):
+        return live
+    return bundle
+
+
+def _decoder_names(run: RunDir) -> list[str]:
+    """Decoders saved under decoders/ or being trained (checkpoints/decoder-<name>/metrics.jsonl)."""
+    names = set(run.decoder_layers())  # a decoder set aside by a killed swap included: it still serves
+    if (run.root / "decoders").is_dir():
+        saved = (p for p in (run.root / "decoders").iterdir() if not p.name.startswith("."))
+        names |= {p.name for p in saved if p.is_dir()}
+    if (run.root / "checkpoints").is_dir():
+        training = (run.root / "checkpoints").glob("decoder-*/metrics.jsonl")
+        names |= {p.parent.name.removeprefix("decoder-") for p in training}
+    return sorted(names)
+
+
 def _decoder_infos(run: RunDir, problems: list[str]) -> list[DecoderInfo]:
-    root = run.root / "decoders"
-    if not root.is_dir():
-        return []
     infos = []
-    for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        config = _read_json(path / "config.json", problems)
+    for name in _decoder_names(run):
+        path = run.decoder(name)
+        path = path if path.exists() or not aside_path(path).is_dir() else aside_path(path)
+        if refused(run, path, problems):
+            continue
+        config = _read_json(run, path / "config.json", problems)
         complete = isinstance(config, dict) and any(path.glob("*.safetensors"))
-        layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [path.name]
-        records = len(read_metrics(path / "metrics.jsonl"))
-        infos.append(DecoderInfo(path.name, layers, complete, records))
+        layers = sorted(config.get("layer_dims", {})) if isinstance(config, dict) else [name]
+        metrics = _current_log(run, path / "metrics.jsonl", f"decoder-{name}")
+        records = 0 if refused(run, metrics, problems) else len(read_metrics(metrics))
+        infos.append(DecoderInfo(name, layers, complete, records))
         if not complete:
-            problems.append(f"decoder '{path.name}' is not finished yet ({records} metrics records so far)")
+            problems.append(f"decoder '{name}' is not finished yet ({records} metrics records so far)")
     return infos
 
 
@@ -213,19 +166,22 @@ def list_samples(run: RunDir) -> list[str]:
     return sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and any((p / m).exists() for m in marked)
+        if p.is_dir() and not p.name.startswith(".") and confined(run, p)
+        and any((p / m).exists() for m in marked)
     )
 
 
 def read_config(run: RunDir, problems: list[str]) -> dict[str, Any]:
     """The run's config.yaml as a dict ({} when absent or unreadable, noted in ``problems``)."""
+    if refused(run, run.config, problems):
+        return {}
     if not run.config.is_file():
         problems.append("config.yaml is missing")
         return {}
     try:
         data = yaml.safe_load(run.config.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        problems.append(f"cannot read config.yaml: {exc}")
+        problems.append(f"cannot read config.yaml: {unreadable_reason(exc)}")
         return {}
     if not isinstance(data, dict):
         problems.append("config.yaml does not hold a mapping")
@@ -241,13 +197,14 @@ def summarize_run(root: Path, name: str) -> RunSummary:
     encoder = None
     layers: dict[str, int] = {}
     if run.has_encoder():
-        encoder = _read_json(run.encoder / "config.json", problems)
+        encoder = _read_json(run, run.encoder / "config.json", problems)
         try:
             layers = encoder_layers(encoder) if isinstance(encoder, dict) else {}
         except (KeyError, TypeError, ValueError, RcdmVizError) as exc:
             problems.append(f"cannot tell the encoder's layers from encoder/config.json: {exc}")
     else:
-        state = "training in progress" if run.encoder_metrics.is_file() else "not trained"
+        training = run.training_metrics("encoder").is_file() or run.encoder_metrics.is_file()
+        state = "training in progress" if training else "not trained"
         problems.append(f"no encoder yet ({state}): encoder/model.safetensors is missing")
     decoders = _decoder_infos(run, problems)
     return RunSummary(name, run, config, encoder, layers, decoders, list_samples(run), problems)
@@ -291,15 +248,17 @@ def run_config(summary: RunSummary) -> Config:
 
 
 def training_curves(run: RunDir) -> dict[str, list[dict[str, Any]]]:
-    """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped)."""
-    curves = {}
-    if run.encoder_metrics.is_file():
-        curves["encoder"] = read_metrics(run.encoder_metrics)
-    root = run.root / "decoders"
-    if root.is_dir():
-        for path in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if (path / "metrics.jsonl").is_file():
-                curves[f"decoder {path.name}"] = read_metrics(path / "metrics.jsonl")
+    """metrics.jsonl records per training: "encoder" and "decoder <name>" (torn last lines skipped); a
+    training in progress shows its own log, not the previous model's."""
+    logs = {"encoder": _current_log(run, run.encoder_metrics, "encoder")}
+    for name in _decoder_names(run):
+        logs[f"decoder {name}"] = _current_log(run, run.decoder(name) / "metrics.jsonl", f"decoder-{name}")
+    ignored: list[str] = []
+    curves = {
+        name: read_metrics(path)
+        for name, path in logs.items()
+        if path.is_file() and not refused(run, path, ignored)
+    }
     return {name: records for name, records in curves.items() if records}
 
 
@@ -338,6 +297,8 @@ class SampleView:
         strip, res = self.strips.get(layer), self.meta.get("resolution")
         if strip is None or not isinstance(res, int) or res < 1:
             return []
+        if strip.size == (res, res):  # one sample: make_grid returns it without padding
+            return [strip]
         count = (strip.width - 1) // (res + 1)
         return [strip.crop((1 + j * (res + 1), 1, 1 + j * (res + 1) + res, 1 + res)) for j in range(count)]
 
@@ -361,27 +322,27 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
     if not folder.is_dir():
         raise RcdmVizError(f"no sample '{image_id}' in run '{run.root.name}'")
     problems: list[str] = []
-    meta = _read_json(folder / "meta.json", problems)
+    meta = _read_json(run, folder / "meta.json", problems)
     meta = meta if isinstance(meta, dict) else {}
-    grid, err = open_png(folder / "grid.png")
+    grid, err = open_png(folder / "grid.png", run)
     problems += [err] if err else []
     shown, strips = None, {}
     if "alpha" not in meta:  # interpolation directories (`sample --interpolate`) hold only grid.png
-        shown, err = open_png(folder / "input.png")
+        shown, err = open_png(folder / "input.png", run)
         problems += [err] if err else []
         names = meta.get("layers")
         if not isinstance(names, list):
             names = sorted(p.stem for p in folder.glob("*.png") if p.stem not in _NOT_STRIPS)
         for layer in names:
             try:
-                img, err = open_png(safe_join(folder, f"{layer}.png"))
+                img, err = open_png(safe_join(folder, f"{layer}.png"), run)
             except RcdmVizError as exc:
                 img, err = None, str(exc)
             if img is None:
                 problems.append(f"samples of layer '{layer}': {err}")
             else:
                 strips[str(layer)] = img
-    raw_scores = layer_rows(_read_json(folder / "scores.json", problems))
+    raw_scores = layer_rows(_read_json(run, folder / "scores.json", problems))
     scores = {layer: _flat(row) for layer, row in raw_scores.items()}
     return SampleView(image_id, grid, shown, strips, meta, scores, problems)
 
@@ -423,9 +384,13 @@ def layer_table(run: RunDir, order: Iterable[str] = ()) -> tuple[list[dict[str, 
     encoder/probes.json and samples/*/scores.json (``evaluation.gather.gather_run``); and notes saying
     which sources are missing or unreadable."""
     notes: list[str] = []
+    scores = (run.root / "samples").glob("*/scores.json")
+    sources = [run.config, run.probes, run.encoder / "config.json", run.report / "layers.json", *scores]
+    if any([refused(run, path, notes) for path in sources]):  # gather_run would read them
+        return [], notes
     if not run.probes.is_file():
         notes.append("encoder/probes.json is missing: run `rcdm-viz probe`")
-    report = _read_json(run.report / "layers.json", notes)
+    report = _read_json(run, run.report / "layers.json", notes)
     if report is None:
         notes.append("report/layers.json is missing (run `rcdm-viz report`): the table is gathered now")
         try:
@@ -445,4 +410,4 @@ def report_plots(run: RunDir) -> list[Path]:
     """The report's plots (report/*.png), sorted by name."""
     if not run.report.is_dir():
         return []
-    return sorted(p for p in run.report.glob("*.png") if p.is_file())
+    return sorted(p for p in run.report.glob("*.png") if p.is_file() and confined(run, p))

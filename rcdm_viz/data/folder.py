@@ -13,9 +13,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -24,6 +26,10 @@ from tqdm.auto import tqdm
 from rcdm_viz.errors import RcdmVizError
 
 _SHOWN_NAMES = 5  # how many skipped files the warning names
+# The most pixels an input may have: PIL's own decompression-bomb bound (a tiny PNG can claim 12000x12000).
+MAX_PIXELS = 89_478_485
+READ_SIDE = 512  # inputs to sample are downscaled (integer factor) toward this short side: far above 128 px
+_WIDE_MODES = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
 
 
 @dataclass
@@ -93,14 +99,41 @@ def index_folder(path: str | Path) -> FolderIndex:
     return FolderIndex(path, files, labels, classes)
 
 
+def _as_rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode: 16-bit and 32-bit integer images scaled from 0..65535, float images from 0..1
+    (0..255 when they exceed 1); PIL's own convert would clip them to white or black."""
+    if img.mode in _WIDE_MODES or img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        top = _WIDE_MODES.get(img.mode) or (1.0 if values.max(initial=0.0) <= 1.0 else 255.0)
+        img = Image.fromarray(np.clip(values * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def open_rgb(source: Path | BinaryIO, min_side: int, reduce: bool = True) -> Image.Image:
+    """An image file as upright RGB (EXIF orientation applied), at least ``min_side`` on its short side.
+
+    Bounded: more than ``MAX_PIXELS`` is refused (ValueError) before decoding; JPEGs decode at a reduced
+    scale; with ``reduce`` an image over twice ``min_side`` is box-downscaled by an integer factor before
+    anything else holds it. Raises OSError / ValueError / SyntaxError (PIL's errors) for unreadable files.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, with the numbers
+        with Image.open(source) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{width}x{height} pixels, more than the {MAX_PIXELS} allowed")
+            img.draft("RGB", (min_side, min_side))  # JPEG: decode at a reduced scale >= min_side
+            rgb = _as_rgb(ImageOps.exif_transpose(img))
+    factor = min(rgb.size) // (2 * min_side)
+    return rgb.reduce(factor) if reduce and factor >= 2 else rgb
+
+
 def decode(path: Path, resolution: int) -> Tensor:
     """uint8 [3, R, R]: RGB, shorter side resized to R (antialiased bicubic), centre crop.
 
     Raises OSError / ValueError / SyntaxError (PIL's errors) for a file that is not a readable image.
     """
-    with Image.open(path) as img:
-        img.draft("RGB", (resolution, resolution))  # JPEG: decode at a reduced scale >= R (much faster)
-        rgb = img.convert("RGB")
+    rgb = open_rgb(path, resolution, reduce=False)
     rgb = TF.resize(rgb, resolution, interpolation=InterpolationMode.BICUBIC, antialias=True)
     return TF.pil_to_tensor(TF.center_crop(rgb, [resolution, resolution]))
 

@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
+from rcdm_viz.data.folder import READ_SIDE, open_rgb
 from rcdm_viz.errors import RcdmVizError
 
 # ------------------------------------------------------------------------------------------- image I/O
@@ -25,10 +26,10 @@ def read_image(path: str | Path) -> Tensor:
     if not path.is_file():
         raise RcdmVizError(f"image '{path}' does not exist")
     try:
-        with Image.open(path) as img:
-            return pil_to_tensor(img.convert("RGB")).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise RcdmVizError(f"cannot read image '{path}': {exc}") from None
+        return pil_to_tensor(open_rgb(path, READ_SIDE)).float() / 255.0
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RcdmVizError(f"cannot read image '{path}': {reason}") from None
 
 
 def fit(image: Tensor, resolution: int) -> Tensor:
@@ -43,6 +44,23 @@ def fit(image: Tensor, resolution: int) -> Tensor:
 def image_id(path: str | Path) -> str:
     """A directory-safe id for an input image (its file stem)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "image"
+
+
+def image_ids(paths: list[str | Path]) -> list[str]:
+    """Distinct ids for the inputs of one command: the stem, with the extension where two inputs share a
+    stem (``good.png``, ``good.jpg`` -> ``good_png``, ``good_jpg``), then ``-2``, ``-3``... if still shared
+    (same name in two folders). The same command always gives the same ids."""
+    stems = [image_id(p) for p in paths]
+    ids = [
+        s if stems.count(s) == 1 else re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{s}_{Path(p).suffix.lstrip('.')}")
+        for s, p in zip(stems, paths, strict=True)
+    ]
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}-{seen[i]}")
+    return out
 
 
 def png_bytes(img: Image.Image) -> bytes:

@@ -22,7 +22,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import Tensor
 
-from rcdm_viz.config import Config, DecoderConfig
+from rcdm_viz.config import Config, DecoderConfig, to_dict
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.decoder.grids import png_bytes, sample_grid
 from rcdm_viz.decoder.model import RCDMDecoder
@@ -31,13 +31,23 @@ from rcdm_viz.decoder.schedule import RowGenerators, diffusion_loss
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
-from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write_bytes, record_config
+from rcdm_viz.runs import (
+    ALL_LAYERS,
+    MetricsLog,
+    RunDir,
+    atomic_write_bytes,
+    record_config,
+    replace_dir,
+    step_lock,
+    writing,
+)
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.training import (
     LoopSettings,
     batch_indices,
     load_latest_checkpoint,
     make_accelerator,
+    prepare_checkpoints,
     run_steps,
     shard,
 )
@@ -180,34 +190,61 @@ def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
         )
 
 
+# Fields a resume may change: bookkeeping, more steps (a constant-LR training continues), and the
+# learning rate (resuming the last healthy checkpoint with a lower one after a divergence).
+_BOOKKEEPING = ("steps", "lr", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
+                "progress_images", "progress_steps", "feature_batch_size")
+
+
+def decoder_identity(cfg: Config, layer: str, encoder_fingerprint: str) -> dict:
+    """What a decoder checkpoint must match to be resumed: the decoder's config (architecture included),
+    its training images and the frozen encoder."""
+    dec = {k: v for k, v in to_dict(cfg.decoder).items() if k not in _BOOKKEEPING}
+    data = {k: v for k, v in to_dict(cfg.data).items() if k != "decode_workers"}
+    return {"layer": layer, "encoder": encoder_fingerprint, "decoder": dec, "data": data}
+
+
 def train_decoder(
     cfg: Config, run: RunDir, layer: str, resume: bool = False, progress: bool = True
 ) -> RCDMDecoder:
     """Train the decoder of ``layer`` (or the shared decoder of every layer, ``layer="all"``) on the frozen
-    encoder's cached features; saves ``decoders/<layer>/``."""
+    encoder's cached features; saves ``decoders/<layer>/`` (with the metrics of its training).
+
+    One training per run and layer at a time (a lock naming the holder)."""
     encoder = load_encoder(run.require_encoder())
     layers = decoder_layers(encoder, layer)
-    dec = cfg.decoder
-    accelerator = make_accelerator(dec.precision)
-    _check_decoder_config(dec, accelerator.num_processes)
-    main = accelerator.is_main_process
+    accelerator = make_accelerator(cfg.decoder.precision)
+    _check_decoder_config(cfg.decoder, accelerator.num_processes)
+    with step_lock(run, f"decoder-{layer}", enabled=accelerator.is_main_process):
+        return _train_locked(cfg, run, layer, layers, encoder, accelerator, resume, progress)
+
+
+def _train_locked(
+    cfg: Config, run: RunDir, layer: str, layers: list[str], encoder: Encoder, accelerator: Accelerator,
+    resume: bool, progress: bool,
+) -> RCDMDecoder:
+    dec, main = cfg.decoder, accelerator.is_main_process
     with accelerator.main_process_first():  # one process writes the feature cache, the others read it
         images, feats = training_data(cfg, encoder, layers, run, progress and main)
     dims = {name: feats[name].shape[1] for name in layers}
     step_fn = make_decoder_step(dec, dims, encoder.fingerprint(), accelerator)
-    ckpt_root = run.checkpoints(f"decoder-{layer}")
-    start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
-    log = MetricsLog(run.decoder(layer) / "metrics.jsonl", enabled=main)
+    step_name = f"decoder-{layer}"
+    ckpt_root = run.checkpoints(step_name)
+    identity = decoder_identity(cfg, layer, encoder.fingerprint())
+    prepare_checkpoints(accelerator, ckpt_root, resume)
+    schedulers = [step_fn.lr_scheduler]
+    start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
+    log = MetricsLog(run.training_metrics(step_name), enabled=main)
     if main:
         record_config(run, cfg, ("decoder",))
-        log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
+        log.truncate_after(start)
     snapshot = None
     if main and dec.sample_every > 0 and dec.progress_images > 0:
         snapshot = progress_writer(cfg, encoder, step_fn, run.decoder(layer) / "progress")
-    _loop(step_fn, images, feats, start, ckpt_root, log, progress, snapshot)
+    _loop(step_fn, images, feats, start, ckpt_root, log, progress, snapshot, identity)
     final = step_fn.ema_decoder()
     if main:
-        _save_atomic(final, run, layer)
+        _save_atomic(final, run, layer, log.path)
     accelerator.wait_for_everyone()
     return final
 
@@ -278,6 +315,7 @@ def _loop(
     log: MetricsLog,
     progress: bool,
     snapshot: Callable[[int], Path] | None,
+    identity: dict,
 ) -> None:
     dec = step_fn.cfg
     if dec.batch_size > len(images):
@@ -302,20 +340,22 @@ def _loop(
         return True
 
     settings = LoopSettings(f"decoder {name}", "decoder", "decoder.lr", dec.batch_size, dec.log_every,
-                            dec.checkpoint_every, dec.keep_checkpoints, loss_digits=4)
+                            dec.checkpoint_every, dec.keep_checkpoints, loss_digits=4, identity=identity)
     run_steps(step_fn.accelerator, settings, start, dec.steps, one_step, record, log, ckpt_root, progress,
               sample_progress)
 
 
-def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str) -> None:
-    """save_pretrained into a temporary directory, then swap it in (keeping metrics and progress)."""
+def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str, metrics: Path) -> None:
+    """save_pretrained into a temporary directory with the metrics of this training (and the progress
+    samples), then swap it in (``replace_dir``: the old decoder is set aside first, never deleted before
+    the new one is in place). A failed save removes its temporary directory."""
     final = run.decoder(layer)
     tmp = final.with_name(f".tmp-{layer}")
     shutil.rmtree(tmp, ignore_errors=True)
-    decoder.save_pretrained(tmp)
-    if (final / "metrics.jsonl").is_file():
-        shutil.copy2(final / "metrics.jsonl", tmp / "metrics.jsonl")
-    if (final / "progress").is_dir():
-        shutil.copytree(final / "progress", tmp / "progress")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with writing(final, cleanup=(tmp,)):
+        decoder.save_pretrained(tmp)
+        if metrics.is_file():
+            shutil.copy2(metrics, tmp / "metrics.jsonl")
+        if (final / "progress").is_dir():
+            shutil.copytree(final / "progress", tmp / "progress")
+        replace_dir(tmp, final)

@@ -15,13 +15,21 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from rcdm_viz.config import Config, SSLConfig
+from rcdm_viz.config import Config, SSLConfig, to_dict
 from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import ALL_SECTIONS, MetricsLog, RunDir, record_config
+from rcdm_viz.runs import (
+    ALL_SECTIONS,
+    MetricsLog,
+    RunDir,
+    atomic_write_bytes,
+    record_config,
+    step_lock,
+    writing,
+)
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.batchnorm import convert_global_batchnorm
 from rcdm_viz.ssl.methods import Embedded, MethodSpec, byol_momentum, get_method
@@ -32,6 +40,7 @@ from rcdm_viz.training import (
     batch_indices,
     load_latest_checkpoint,
     make_accelerator,
+    prepare_checkpoints,
     run_steps,
     shard,
 )
@@ -205,12 +214,31 @@ def build_ssl_step(
     return step, accelerator.unwrap_model(model).encoder
 
 
+def encoder_identity(cfg: Config) -> dict:
+    """What an encoder checkpoint must match to be resumed: data, architecture, views and SSL settings
+    (not the logging and checkpoint cadence, nor the learning rate)."""
+    full = to_dict(cfg)
+    cadence = ("lr", "log_every", "checkpoint_every", "keep_checkpoints")
+    ssl = {k: v for k, v in full["ssl"].items() if k not in cadence}
+    data = {k: v for k, v in full["data"].items() if k != "decode_workers"}
+    return {"data": data, "encoder": full["encoder"], "views": full["views"], "ssl": ssl}
+
+
 def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool = True) -> Encoder:
-    """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` and metrics; returns the encoder (eval)."""
+    """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` with the metrics of this training;
+    returns the encoder (eval). One training per run at a time (a lock naming the holder)."""
     redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
     accelerator = make_accelerator(cfg.ssl.precision)
+    with step_lock(run, "encoder", enabled=accelerator.is_main_process):
+        return _train_locked(cfg, run, redraw, accelerator, resume, progress)
+
+
+def _train_locked(
+    cfg: Config, run: RunDir, redraw: tuple[str, ...], accelerator: Accelerator, resume: bool, progress: bool
+) -> Encoder:
     method = get_method(cfg.ssl.method)
-    train = load_images(cfg.data, "train", progress=progress and accelerator.is_main_process)
+    main = accelerator.is_main_process
+    train = load_images(cfg.data, "train", progress=progress and main)
     if method.needs_labels and train.num_classes < 2:
         raise RcdmVizError(
             f"method '{method.name.value}' needs labelled images; data has {train.num_classes} class(es)"
@@ -223,17 +251,24 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
         pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder,
                                accelerator.device, run.features / "neighbour-reference")
     factor_views = FactorViews(train, redraw) if redraw else None
-    ckpt_root = run.checkpoints("encoder")
-    start = load_latest_checkpoint(accelerator, ckpt_root) if resume else 0
-    log = MetricsLog(run.encoder_metrics, enabled=accelerator.is_main_process)
-    if accelerator.is_main_process:
+    ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
+    prepare_checkpoints(accelerator, ckpt_root, resume)
+    start = 0
+    if resume:
+        start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps, [step_fn.scheduler])
+    log = MetricsLog(run.training_metrics("encoder"), enabled=main)
+    if main:
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
         record_config(run, cfg, ALL_SECTIONS)
-        log.truncate_after(start) if resume else log.path.unlink(missing_ok=True)
-    _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress)
+        log.truncate_after(start)
+    _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress, identity)
     encoder.eval()
-    if accelerator.is_main_process:
-        encoder.save(run.encoder)
+    if main:
+        with writing(run.encoder):
+            encoder.save(run.encoder)
+            # the bundle's metrics describe the bundle's model: replaced only once the model is
+            if log.path.is_file():
+                atomic_write_bytes(run.encoder_metrics, log.path.read_bytes())
     accelerator.wait_for_everyone()
     return encoder
 
@@ -248,6 +283,7 @@ def _loop(
     ckpt_root: Path,
     log: MetricsLog,
     progress: bool,
+    identity: dict,
 ) -> None:
     acc, ssl = step_fn.accelerator, step_fn.cfg.ssl
     per_epoch = len(train) // ssl.batch_size
@@ -269,5 +305,5 @@ def _loop(
         return {"step": step, "epoch": epoch, "lr": lr, **rates, **window[-1]}
 
     settings = LoopSettings("encoder", "encoder", "ssl.lr", ssl.batch_size, ssl.log_every,
-                            ssl.checkpoint_every, ssl.keep_checkpoints)
+                            ssl.checkpoint_every, ssl.keep_checkpoints, identity=identity)
     run_steps(acc, settings, start, steps, one_step, record, log, ckpt_root, progress)

@@ -180,3 +180,43 @@ def test_a_cache_subset_at_another_resolution_is_read_on_demand(tmp_path):
     idx = torch.tensor([5, 0, 3])
     assert torch.equal(got.images[idx], want[idx]) and torch.equal(got.labels, labels[chosen])
     assert torch.equal(got.batch(torch.arange(6)), want.float() / 255)
+
+
+# ------------------------------------------------------------------- decoding what users actually have
+
+
+def test_16bit_and_float_images_keep_their_brightness(tmp_path):
+    from rcdm_viz.data.folder import open_rgb
+
+    grey16 = np.full((8, 8), 32768, np.uint16)  # mid grey in 16 bits (PIL alone reads it as white)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    Image.fromarray(np.full((8, 8), 0.25, np.float32)).save(tmp_path / "f.tiff")  # float in [0, 1]
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    assert open_rgb(tmp_path / "g16.png", 8).getpixel((0, 0)) == (128, 128, 128)
+    assert open_rgb(tmp_path / "f.tiff", 8).getpixel((0, 0)) == (64, 64, 64)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from rcdm_viz.data.folder import open_rgb
+
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    upright = open_rgb(tmp_path / "rot.jpg", 16)
+    assert upright.size == (20, 40)
+    r, _, b = upright.getpixel((10, 5))
+    assert b > 200 and r < 60  # the blue half is now on top
+
+
+def test_large_images_are_downscaled_first_and_bombs_refused(tmp_path):
+    from rcdm_viz.data.folder import MAX_PIXELS, open_rgb
+    from tests.test_bad_input import bomb_png
+
+    Image.new("RGB", (2100, 1100), (9, 9, 9)).save(tmp_path / "big.png")
+    assert open_rgb(tmp_path / "big.png", 256).size == (1050, 550)  # integer factor 2, before any float
+    bomb_png(tmp_path / "bomb.png", 10000)
+    assert 10000 * 10000 > MAX_PIXELS
+    with pytest.raises(ValueError, match="10000x10000 pixels"):
+        open_rgb(tmp_path / "bomb.png", 64)

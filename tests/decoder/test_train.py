@@ -19,6 +19,7 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
 from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.sample_run import interpolate_layers, load_decoders
+from rcdm_viz.training import checkpoint_dirs
 from tests._spawn import accelerate_launch
 from tests.conftest import TINY, tiny_config
 
@@ -109,7 +110,7 @@ def test_resume_is_bit_exact_with_ema_and_accumulation(tiny_run, tmp_path):
     train_decoder(cfg, straight, "all", progress=False)
     resumed = run_with_encoder(tiny_run, tmp_path, "resumed")
     train_decoder(cfg, resumed, "all", progress=False)
-    ckpts = sorted(p.name for p in resumed.checkpoints("decoder-all").iterdir())
+    ckpts = [p.name for p in checkpoint_dirs(resumed.checkpoints("decoder-all"))]
     assert ckpts == ["step-000000003"]  # the last step saves the decoder, not a checkpoint
     shutil.rmtree(resumed.decoder("all"))
     train_decoder(cfg, resumed, "all", resume=True, progress=False)
@@ -117,7 +118,8 @@ def test_resume_is_bit_exact_with_ema_and_accumulation(tiny_run, tmp_path):
     b = load_file(resumed.decoder("all") / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # EMA weights, bit for bit
     steps = [r["step"] for r in read_metrics(resumed.decoder("all") / "metrics.jsonl")]
-    assert steps == [4, 5, 6]
+    # the training's own log is kept with its checkpoints, so the resumed bundle has every record
+    assert steps == [r["step"] for r in read_metrics(straight.decoder("all") / "metrics.jsonl")]
     # a run without accumulation takes different steps (the accumulated run is not a no-op)
     plain = run_with_encoder(tiny_run, tmp_path, "plain")
     train_decoder(tiny_config(over[0], over[2], "decoder.sample_every=0"), plain, "all", progress=False)
@@ -177,7 +179,7 @@ def test_interpolate_cli_writes_a_grid(tiny_run, tmp_path):
     "argv, fragment",
     [
         (["train-decoder", "--layer", "head9"], "'head9'"),
-        (["sample", "IMG", "--layers", "trunk", "--steps", "0"], "got 0"),
+        (["sample", "IMG", "--layers", "trunk", "--steps", "0"], "bad value 0 for 'sample.steps'"),
         (["sample", "IMG", "--layers", "trunk", "--sampler", "euler"], "'euler'"),
         (["sample", "IMG", "--layers", "stage9"], "'stage9'"),
     ],
@@ -228,3 +230,134 @@ def test_accelerate_launch_on_two_processes_trains_like_one(tiny_run, tmp_path):
     w_one, w_two = load_file(one.decoder("all") / name), load_file(two.decoder("all") / name)
     for key, value in w_one.items():
         torch.testing.assert_close(w_two[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+# ------------------------------------------------------------------ nothing lost (issue: data loss)
+
+
+def _cli_train(run: RunDir, *extra: str, layer: str = "trunk") -> list[str]:
+    from tests.conftest import TINY
+
+    sets = [a for o in (*TINY, "decoder.sample_every=0", *extra) for a in ("--set", o)]
+    return ["train-decoder", "--run", str(run.root), "--layer", layer, "--no-progress", *sets]
+
+
+def test_a_kill_in_the_swap_window_leaves_a_decoder_that_still_serves(tiny_run, tmp_path, monkeypatch):
+    run = run_with_encoder(tiny_run, tmp_path, "swap")
+    assert main(_cli_train(run, "decoder.steps=2")) == 0
+    real_rename = type(run.root).rename
+
+    def killed_after_setting_aside(self, target):
+        if self.name.startswith(".tmp-"):  # the old decoder is aside; the new one is not in yet
+            raise SystemExit("killed")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(run.root), "rename", killed_after_setting_aside)
+    with pytest.raises(SystemExit):
+        main(_cli_train(run, "decoder.steps=3"))
+    monkeypatch.undo()
+    assert not run.decoder("trunk").exists() and run.decoder_for("trunk").name == ".old-trunk"
+    img = tmp_path / "a.png"
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(img)
+    assert main(["sample", str(img), "--run", str(run.root), "--layers", "trunk", "--no-progress"]) == 0
+    assert main(_cli_train(run, "decoder.steps=2")) == 0  # the next save puts things right
+    assert sorted(p.name for p in (run.root / "decoders").iterdir()) == ["trunk"]
+
+
+def test_resume_refuses_checkpoints_of_another_configuration(tiny_run, tmp_path, capsys):
+    run = run_with_encoder(tiny_run, tmp_path, "stale")
+    assert main(_cli_train(run, "decoder.steps=4", "decoder.checkpoint_every=2")) == 0
+    assert [p.name for p in checkpoint_dirs(run.checkpoints("decoder-trunk"))] == ["step-000000002"]
+    capsys.readouterr()
+    for change in ("decoder.seed=7", "decoder.block_out_channels=[8,16]"):
+        assert main([*_cli_train(run, "decoder.steps=4", change), "--resume"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another configuration" in err
+        assert change.split("=")[0] in err
+    # a fresh training removes the earlier training's checkpoints: a later --resume cannot load them
+    cfg_dir = run.checkpoints("decoder-trunk")
+    assert main(_cli_train(run, "decoder.steps=1", "decoder.seed=7")) == 0
+    assert checkpoint_dirs(cfg_dir) == []
+
+
+def test_a_diverged_state_is_never_checkpointed(tiny_run, tmp_path, capsys):
+    run = run_with_encoder(tiny_run, tmp_path, "nan")
+    over = ("decoder.lr=1e9", "decoder.checkpoint_every=1", "decoder.steps=6")
+    assert main(_cli_train(run, *over)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "loss became" in err and "no checkpoint to resume from" in err and len(err.splitlines()) == 1
+    assert checkpoint_dirs(run.checkpoints("decoder-trunk")) == []
+    left = [p.name for p in run.checkpoints("decoder-trunk").iterdir()]
+    assert not any(name.startswith((".pending-", ".tmp-")) for name in left)
+
+
+def test_a_resume_may_lower_the_learning_rate(tiny_run, tmp_path, monkeypatch):
+    """After a divergence the hint is: lower the learning rate and resume from the last healthy checkpoint."""
+    import rcdm_viz.decoder.train as dtrain
+
+    run = run_with_encoder(tiny_run, tmp_path, "lower")
+    over = ("decoder.steps=4", "decoder.checkpoint_every=2")
+    def killed(*args):  # after the step-2 checkpoint, before the save
+        raise SystemExit("killed")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dtrain, "_save_atomic", killed)
+        with pytest.raises(SystemExit):
+            main(_cli_train(run, *over))
+    assert main([*_cli_train(run, *over, "decoder.lr=1e-6"), "--resume"]) == 0
+    lrs = {r["step"]: r["lr"] for r in read_metrics(run.decoder("trunk") / "metrics.jsonl")}
+    assert lrs[2] == pytest.approx(1e-4) and lrs[3] == lrs[4] == pytest.approx(1e-6)
+
+
+def test_one_training_per_run_and_layer_and_the_error_names_the_holder(tiny_run, tmp_path, capsys):
+    from rcdm_viz.runs import step_lock
+
+    run = run_with_encoder(tiny_run, tmp_path, "locked")
+    with step_lock(run, "decoder-trunk"):
+        assert main(_cli_train(run, "decoder.steps=1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "already running" in err and "pid " in err and len(err.splitlines()) == 1
+    assert main(_cli_train(run, "decoder.steps=1")) == 0  # released
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temp_files(tiny_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run = run_with_encoder(tiny_run, tmp_path, "full")
+    assert main(_cli_train(run, "decoder.steps=1")) == 0
+    before = load_file(run.decoder("trunk") / "diffusion_pytorch_model.safetensors")
+
+    def no_space(self, path, *args, **kwargs):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "partial.bin").write_bytes(b"x" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RCDMDecoder, "save_pretrained", no_space)
+    capsys.readouterr()
+    assert main(_cli_train(run, "decoder.steps=2")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rcdm-viz: error: disk full") and len(err.splitlines()) == 1
+    assert sorted(p.name for p in (run.root / "decoders").iterdir()) == ["trunk"]  # no .tmp-trunk
+    after = load_file(run.decoder("trunk") / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the old decoder is untouched
+
+
+def test_a_fresh_training_keeps_the_old_metrics_with_the_old_model_until_it_is_replaced(tiny_run, tmp_path):
+    run = run_with_encoder(tiny_run, tmp_path, "metrics")
+    assert main(_cli_train(run, "decoder.steps=2")) == 0
+    old = read_metrics(run.decoder("trunk") / "metrics.jsonl")
+    calls = []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        raise SystemExit("killed")
+
+    import rcdm_viz.decoder.train as dtrain
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dtrain, "_save_atomic", killed)
+        with pytest.raises(SystemExit):
+            main(_cli_train(run, "decoder.steps=3"))
+    assert calls and read_metrics(run.decoder("trunk") / "metrics.jsonl") == old  # still the old model's
+    assert main(_cli_train(run, "decoder.steps=3")) == 0
+    assert [r["step"] for r in read_metrics(run.decoder("trunk") / "metrics.jsonl")] == [1, 2, 3]

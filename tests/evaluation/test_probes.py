@@ -108,7 +108,7 @@ def test_probe_errors(tiny_run, tmp_path):
 
 @pytest.mark.parametrize(
     "extra, fragment",
-    [(["--layers", "head9"], "head9"), (["--set", "data.n_val=0"], "empty")],
+    [(["--layers", "head9"], "head9"), (["--set", "data.n_val=0"], "bad value 0 for 'data.n_val'")],
 )
 def test_probe_cli_bad_input_is_one_line(tiny_run, capsys, extra, fragment):
     _, run = tiny_run

@@ -20,6 +20,7 @@ from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.ssl.batchnorm import GlobalBatchNorm
 from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.train import build_ssl_step, train_encoder
+from rcdm_viz.training import checkpoint_dirs
 from tests._spawn import accelerate_launch, free_port, spawn_ranks
 from tests.conftest import TINY, tiny_config
 
@@ -36,7 +37,7 @@ def test_resume_is_bit_exact_with_target_network_and_probes(tmp_path, method):
     resumed = RunDir(tmp_path / "resumed")
     train_encoder(tiny_config(*extra), resumed, progress=False)
     # As if killed after step 6: the step-5 checkpoint exists; resuming must replay steps 5..7 exactly.
-    assert [p.name for p in resumed.checkpoints("encoder").iterdir()] == ["step-000000005"]
+    assert [p.name for p in checkpoint_dirs(resumed.checkpoints("encoder"))] == ["step-000000005"]
     (resumed.encoder / "model.safetensors").unlink()
     train_encoder(tiny_config(*extra), resumed, resume=True, progress=False)
     a, b = _weights(straight), _weights(resumed)
@@ -203,7 +204,7 @@ def test_warmup_then_cosine():
     ("override", "fragment"),
     [
         ("ssl.method=dino", "'dino'"),
-        ("encoder.width=0", "got 0"),
+        ("encoder.width=0", "bad value 0 for 'encoder.width'"),
         ("encoder.head=8192-x", "8192-x"),
         ("ssl.optimizer=sgd", "'sgd'"),
         ("data.source=imagenet", "'imagenet'"),
@@ -226,6 +227,19 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path):
     shutil.rmtree(run.root)
     with pytest.raises(RcdmVizError, match="batch_size"):
         train_encoder(tiny_config("ssl.batch_size=1000"), run, progress=False)
+
+
+def test_encoder_resume_refuses_another_configuration_and_a_second_training(tmp_path):
+    from rcdm_viz.runs import step_lock
+
+    run = RunDir(tmp_path / "r")
+    train_encoder(tiny_config("ssl.epochs=1", "ssl.checkpoint_every=2"), run, progress=False)
+    assert [p.name for p in checkpoint_dirs(run.checkpoints("encoder"))] == ["step-000000002"]
+    other = tiny_config("ssl.epochs=1", "ssl.checkpoint_every=2", "encoder.width=16")
+    with pytest.raises(RcdmVizError, match=r"another configuration \(differs in: encoder.width\)"):
+        train_encoder(other, run, resume=True, progress=False)
+    with step_lock(run, "encoder"), pytest.raises(RcdmVizError, match="already running .*pid"):
+        train_encoder(other, run, progress=False)
 
 
 def test_width_presets_differ_only_in_width():

@@ -1,0 +1,122 @@
+"""What the browser reads: never a file outside the runs root (symlinks included), never a file's content
+in an error, and the zoom view of a single sample."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rcdm_viz import browse
+from rcdm_viz.browse.live import load_models
+from rcdm_viz.browse.reading import SampleView
+from rcdm_viz.browse.roots import confined
+from rcdm_viz.errors import RcdmVizError
+
+SECRET = "aws_secret_access_key: hunter2: [oops"  # invalid YAML whose line an error must not echo
+
+
+@pytest.fixture()
+def escaping(tmp_path) -> tuple[Path, Path]:
+    """A runs root whose run 'r' links every file the app reads to a folder outside the root."""
+    outside, root = tmp_path / "outside", tmp_path / "root"
+    (outside / "dec").mkdir(parents=True)
+    (outside / "secret.yaml").write_text(SECRET + "\n")
+    (outside / "dec" / "config.json").write_text(json.dumps({"layer_dims": {"trunk": 4}}))
+    (outside / "dec" / "x.safetensors").write_bytes(b"0")
+    (outside / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 0.5, "note": "hunter2"}) + "\n")
+    Image.new("RGB", (4, 4)).save(outside / "plot.png")
+    (outside / "meta.json").write_text(json.dumps({"resolution": 4, "layers": ["trunk"]}))
+    run = root / "r"
+    for sub in ("encoder", "decoders", "report", "samples/a"):
+        (run / sub).mkdir(parents=True)
+    (run / "config.yaml").symlink_to(outside / "secret.yaml")
+    (run / "encoder" / "metrics.jsonl").symlink_to(outside / "metrics.jsonl")
+    (run / "decoders" / "trunk").symlink_to(outside / "dec", target_is_directory=True)
+    (run / "report" / "layers.png").symlink_to(outside / "plot.png")
+    (run / "samples" / "a" / "meta.json").symlink_to(outside / "meta.json")
+    (run / "samples" / "a" / "grid.png").symlink_to(outside / "plot.png")
+    return root, outside
+
+
+def test_symlinks_out_of_the_root_are_never_read(escaping):
+    root, outside = escaping
+    summary = browse.summarize_run(root, "r")
+    text = " | ".join(summary.problems)
+    assert summary.config == {} and summary.decoders == [] and "hunter2" not in text
+    assert "config.yaml points outside the runs root" in text
+    assert "decoders/trunk points outside the runs root" in text
+    assert browse.training_curves(summary.run) == {}
+    assert browse.report_plots(summary.run) == []
+    view = browse.load_sample(summary.run, "a")
+    assert view.grid is None and view.meta == {}
+    assert any("outside the runs root" in p for p in view.problems)
+    rows, notes = browse.layer_table(summary.run)
+    assert rows == [] and any("config.yaml points outside" in n for n in notes)
+    img, err = browse.open_png(summary.run.root / "report" / "layers.png", summary.run)
+    assert img is None and "outside the runs root" in err
+    with pytest.raises(RcdmVizError, match="points outside the runs root: not loaded"):
+        load_models(summary.run, ["trunk"])
+    assert confined(summary.run, outside / "secret.yaml") is None
+
+
+def test_a_yaml_error_names_the_line_not_its_content(tmp_path):
+    run = tmp_path / "root" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("data:\n  seed: 1\n" + SECRET + "\n")
+    summary = browse.summarize_run(tmp_path / "root", "r")
+    problem = next(p for p in summary.problems if "config.yaml" in p)
+    assert "line" in problem and "hunter2" not in problem and "aws" not in problem
+
+
+def test_links_inside_the_root_are_followed(tmp_path):
+    root = tmp_path / "root"
+    (root / "a" / "report").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "a" / "report" / "p.png")
+    (root / "b" / "report").mkdir(parents=True)
+    (root / "b" / "report" / "p.png").symlink_to(root / "a" / "report" / "p.png")
+    (root / "b" / "config.yaml").write_text("{}\n")
+    summary = browse.summarize_run(root, "b")
+    assert [p.name for p in browse.report_plots(summary.run)] == ["p.png"]
+
+
+def test_zoom_of_a_single_sample_has_its_image():
+    """`sample --n 1` stores a strip without padding (make_grid of one image): it is the one sample."""
+    strip = Image.new("RGB", (16, 16), (1, 2, 3))
+    view = SampleView("a", None, None, {"trunk": strip}, {"resolution": 16}, {})
+    assert [s.size for s in view.samples("trunk")] == [(16, 16)]
+    two = Image.new("RGB", (1 + 2 * 17, 18))
+    assert len(SampleView("a", None, None, {"trunk": two}, {"resolution": 16}, {}).samples("trunk")) == 2
+
+
+def test_an_uploaded_bomb_is_a_message(tmp_path):
+    from tests.test_bad_input import bomb_png
+
+    data = bomb_png(tmp_path / "bomb.png").read_bytes()
+    with pytest.raises(RcdmVizError, match="'bomb.png' is not an image this app can read"):
+        browse.decode_image(data, "bomb.png")
+
+
+def test_trainings_in_progress_show_their_own_logs(tmp_path):
+    run = tmp_path / "root" / "r"
+    for step in ("encoder", "decoder-trunk"):
+        (run / "checkpoints" / step).mkdir(parents=True)
+        lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2)]
+        (run / "checkpoints" / step / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "config.yaml").write_text("{}\n")
+    summary = browse.summarize_run(tmp_path / "root", "r")
+    assert [(d.name, d.complete, d.metrics_records) for d in summary.decoders] == [("trunk", False, 2)]
+    assert any("training in progress" in p for p in summary.problems)
+    curves = browse.training_curves(summary.run)
+    assert sorted(curves) == ["decoder trunk", "encoder"] and len(curves["encoder"]) == 2
+
+
+def test_a_decoder_set_aside_by_a_killed_swap_is_still_listed(tmp_path):
+    run = tmp_path / "root" / "r"
+    (run / "decoders" / ".old-trunk").mkdir(parents=True)
+    (run / "decoders" / ".old-trunk" / "config.json").write_text(json.dumps({"layer_dims": {"trunk": 4}}))
+    (run / "decoders" / ".old-trunk" / "m.safetensors").write_bytes(b"0")
+    summary = browse.summarize_run(tmp_path / "root", "r")
+    assert [(d.name, d.complete) for d in summary.decoders] == [("trunk", True)]
