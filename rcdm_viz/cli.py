@@ -17,8 +17,9 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir
 
 
-def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
-    p.add_argument("--run", default=default_run, help="run directory (default: %(default)s)")
+def _common(p: argparse.ArgumentParser, default_run: str | None = "runs/default", run_help: str = "") -> None:
+    run_help = run_help or "run directory (default: %(default)s)"
+    p.add_argument("--run", default=default_run, help=run_help)
     p.add_argument("--preset", "--config", dest="preset", help="preset name in configs/ or a YAML file")
     p.add_argument(
         "--set",
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quickstart", help="whole pipeline on synthetic scenes into runs/quickstart")
-    _common(q, "runs/quickstart")
-    q.set_defaults(preset="quickstart")
+    _common(q, None, "run directory (default: runs/quickstart, or runs/quickstart-NAME with --encoder NAME)")
+    q.add_argument("--encoder", help="frozen public encoder, no SSL training (preset quickstart-imagenet)")
+    q.add_argument("--weights", help="its weights file (default: found in $RCDM_VIZ_WEIGHTS)")
     t = sub.add_parser("train-encoder", help="train an SSL encoder")
     _common(t)
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -131,6 +133,9 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     if args.command == "weights":
         return _weights(args.which)
+    if args.command == "quickstart":
+        args.preset = args.preset or ("quickstart-imagenet" if args.encoder else "quickstart")
+        args.run = args.run or ("runs/quickstart" + (f"-{args.encoder}" if args.encoder else ""))
     run = RunDir(Path(args.run))
     progress = not args.no_progress
     if args.command == "sample":

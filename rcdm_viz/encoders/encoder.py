@@ -235,6 +235,13 @@ class Encoder(nn.Module):
         return target
 
 
+def encoder_class(config: dict[str, Any]) -> Any:
+    """The class a bundle's config builds: ``Encoder``, or the EfficientNet-Lite0 classifier of the zoo."""
+    from rcdm_viz.encoders.efficientnet import ARCH, EfficientNetEncoder  # imports timm: only when needed
+
+    return EfficientNetEncoder if config.get("arch") == ARCH else Encoder
+
+
 def load_encoder(path: str | os.PathLike[str]) -> Encoder:
     """Load a bundle written by ``Encoder.save``; returns the encoder on CPU in eval mode.
 
@@ -252,7 +259,7 @@ def load_encoder(path: str | os.PathLike[str]) -> Encoder:
         fmt = config.pop("format", None) if isinstance(config, dict) else None
         if fmt != _BUNDLE_FORMAT:
             raise RcdmVizError(f"{str(config_path)!r} has format {fmt!r}, expected {_BUNDLE_FORMAT!r}")
-        encoder = Encoder(**config)
+        encoder = encoder_class(config)(**config)
         state = load_file(weights_path, device="cpu")
         # Metadata is absent on files written by other tools; only a present, different config is an error.
         with safe_open(weights_path, framework="pt") as f:
