@@ -32,6 +32,22 @@ def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]):
     say(f"   {name}: {timings[name]:.0f} s")
 
 
+def format_scores(run: RunDir, layers: list[str]) -> str:
+    """The decoder scores of the held-out grids per layer (means over ``samples/*/scores.json``), with the
+    perceptual distance they use named: the demo's last lines."""
+    per_layer, info = decoder_scores(run)
+    distance = ", ".join(info["distance"]) or "none"
+    names = ("fidelity", "diversity", "consistency", "retrieval_top1")
+    lines = [
+        f"decoder scores (mean over {len(info['images'])} images; perceptual distance: {distance})",
+        f"{'layer':<8}" + "".join(f"{n:>16}" for n in names),
+    ]
+    for layer in [name for name in layers if name in per_layer]:
+        cells = [per_layer[layer].get(n) for n in names]
+        lines.append(f"{layer:<8}" + "".join(f"{v:>16.3f}" if v is not None else f"{'-':>16}" for v in cells))
+    return "\n".join(lines)
+
+
 def imported_encoder(run: RunDir) -> str | None:
     """The registry name of the public encoder imported into ``run`` (encoder/source.json), or None."""
     source = run.encoder / SOURCE_FILE
@@ -75,6 +91,7 @@ def quickstart(
         say(f"  {name:<24} {secs:7.1f} s")
     say(f"  {'total':<24} {sum(timings.values()):7.1f} s")
     say(machine_speed(run, ALL_LAYERS if cfg.quickstart.shared_decoder else layers[0]))
+    say(format_scores(run, layers))
     return {"timings": timings, "probes": probes, "grids": grids}
 
 

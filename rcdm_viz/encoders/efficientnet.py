@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rcdm_viz.encoders.encoder import Encoder, _channel_triple
+from rcdm_viz.encoders.encoder import ARCH_CLASSES, Encoder, _channel_triple
 from rcdm_viz.errors import RcdmVizError
 
 ARCH = "efficientnet-lite0"
@@ -126,3 +126,6 @@ class EfficientNetEncoder(nn.Module):
     _cpu_state = Encoder._cpu_state
     fingerprint = Encoder.fingerprint
     save = Encoder.save
+
+
+ARCH_CLASSES[ARCH] = EfficientNetEncoder  # load_encoder builds bundles of this arch with it

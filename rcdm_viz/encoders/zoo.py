@@ -27,11 +27,14 @@ import torch
 import yaml
 from torch import Tensor
 
+from rcdm_viz.encoders.efficientnet import ARCH as EFFICIENTNET
+from rcdm_viz.encoders.efficientnet import EfficientNetEncoder
 from rcdm_viz.encoders.encoder import Encoder
 from rcdm_viz.encoders.projector import parse_head
 from rcdm_viz.encoders.resnet import Arch
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json, write_json
+from rcdm_viz.weights import get_package, load_weights
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "pretrained_encoders"
 WEIGHTS_ENV = "RCDM_VIZ_WEIGHTS"
@@ -136,15 +139,12 @@ def _parse_entry(path: Path) -> PublicEncoder:
 def _check_package_entry(entry: PublicEncoder, where: str) -> None:
     """An entry whose weights come from ``rcdm-viz weights``: a known package, an architecture with its
     own module (today: EfficientNet-Lite0), and that package's converted file name."""
-    from rcdm_viz.encoders.efficientnet import ARCH
-    from rcdm_viz.weights import get_package
-
     try:
         package = get_package(entry.package or "")
     except RcdmVizError as err:
         raise RcdmVizError(f"{where}: {err}") from None
-    if entry.arch != ARCH:
-        raise RcdmVizError(f"{where}: arch {entry.arch!r} of a package entry must be {ARCH!r}")
+    if entry.arch != EFFICIENTNET:
+        raise RcdmVizError(f"{where}: arch {entry.arch!r} of a package entry must be {EFFICIENTNET!r}")
     if entry.filename != package.filename:
         raise RcdmVizError(f"{where}: file name {entry.filename!r} is not {package.filename!r}")
 
@@ -326,9 +326,6 @@ def load_public_encoder(
         raise RcdmVizError(f"weights file '{path}' does not exist")
     check_hash(entry, path, sha256)
     if entry.package is not None:
-        from rcdm_viz.encoders.efficientnet import EfficientNetEncoder
-        from rcdm_viz.weights import load_weights
-
         return EfficientNetEncoder.from_state_dict(entry.encoder_config(), load_weights(entry.package, path))
     state = adapt_state_dict(entry, read_checkpoint(path, entry.inert_globals), str(path))
     return Encoder.from_state_dict(entry.encoder_config(), state)

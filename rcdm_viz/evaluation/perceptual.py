@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.weights import find_weights, load_weights
 
+# AlexNet's second max-pool needs >= 3x3 inputs: conv1 (11 px, stride 4) then pool1 must leave 3 px.
+LPIPS_MIN_SIDE = 32
 # torchvision ``features`` index -> the lpips alexnet slice holding it
 _SLICE_OF = {0: 1, 3: 2, 6: 3, 8: 4, 10: 5}
 

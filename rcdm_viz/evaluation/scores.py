@@ -26,7 +26,7 @@ from rcdm_viz.decoder.grids import fit
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.invariance import normalized_similarity
 from rcdm_viz.evaluation.oracle import FactorOracle, factor_retention, load_or_train_oracle
-from rcdm_viz.evaluation.perceptual import lpips_available, make_lpips_distance
+from rcdm_viz.evaluation.perceptual import LPIPS_MIN_SIDE, lpips_available, make_lpips_distance
 from rcdm_viz.features import encode_batches
 from rcdm_viz.runs import RunDir
 from rcdm_viz.weights import search_dirs
@@ -37,11 +37,11 @@ PairDistance = Callable[[Tensor, Tensor], Tensor]  # a [N, 3, H, W], b [N, 3, H,
 
 
 def resolve_distance(kind: Distance, side: int) -> Distance:
-    """``auto`` -> LPIPS if its converted weights are on disk (``rcdm-viz weights lpips``), else 1-MS-SSIM
-    (images > 160 px) or 1-SSIM."""
+    """``auto`` -> LPIPS if its converted weights are on disk (``rcdm-viz weights lpips``) and the images
+    have >= 32 px, else 1-MS-SSIM (images > 160 px) or 1-SSIM."""
     kind = Distance(kind)
     if kind is Distance.AUTO:
-        if lpips_available():
+        if lpips_available() and side >= LPIPS_MIN_SIDE:
             return Distance.LPIPS_ALEX
         return Distance.MS_SSIM if side >= _MS_SSIM_MIN_SIDE else Distance.SSIM
     if kind is Distance.LPIPS_ALEX and not lpips_available():
@@ -50,6 +50,8 @@ def resolve_distance(kind: Distance, side: int) -> Distance:
             f"scores.distance={kind.value} needs the LPIPS weights (none in {dirs}); "
             "run `rcdm-viz weights lpips`, or use 1-ssim or auto"
         )
+    if kind is Distance.LPIPS_ALEX and side < LPIPS_MIN_SIDE:
+        raise RcdmVizError(f"scores.distance=lpips-alex needs images of >= {LPIPS_MIN_SIDE} px, got {side}")
     if kind is Distance.MS_SSIM and side < _MS_SSIM_MIN_SIDE:
         raise RcdmVizError(f"scores.distance=1-ms-ssim needs images of >= {_MS_SSIM_MIN_SIDE} px, got {side}")
     return kind
@@ -122,7 +124,12 @@ def encode(encoder: nn.Module, images: Tensor, layers: list[str], batch_size: in
 
 
 def build_gallery(
-    cfg: Config, run: RunDir, encoder: nn.Module, layers: list[str], resolution: int, progress: bool = False
+    cfg: Config,
+    run: RunDir,
+    encoder: nn.Module,
+    layers: list[str],
+    resolution: int,
+    progress: bool = False,
 ) -> Gallery:
     """The first ``cfg.scores.gallery`` validation images of the run's data, encoded; with the factor oracle
     (trained and cached in the run on first use) when the data are the synthetic scenes."""
