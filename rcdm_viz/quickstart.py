@@ -39,7 +39,7 @@ def format_scores(run: RunDir, layers: list[str]) -> str:
     distance = ", ".join(info["distance"]) or "none"
     names = ("fidelity", "diversity", "consistency", "retrieval_top1")
     lines = [
-        f"decoder scores (mean over {len(info['images'])} images; perceptual distance: {distance})",
+        f"decoder scores (mean over {len(info['images'])} scored images; perceptual distance: {distance})",
         f"{'layer':<8}" + "".join(f"{n:>16}" for n in names),
     ]
     for layer in [name for name in layers if name in per_layer]:
