@@ -16,8 +16,8 @@ from rcdm_viz.decoder.grids import fit
 from rcdm_viz.encoders import EfficientNetEncoder, load_encoder, zoo
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json
+from tests._real import photo, real_weights
 from tests.conftest import TINY
-from tests.test_weights import photo, real_weights
 
 NAME = "efficientnet-lite0-imagenet"
 LAYER_DIMS = {"stage1": 24, "stage2": 40, "stage3": 112, "trunk": 1280, "head1": 1000}
