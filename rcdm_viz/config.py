@@ -378,7 +378,7 @@ class Distance(StrEnum):
     """Perceptual distance of the decoder scores: LPIPS when its weights are on disk (docs/DESIGN.md,
     "Invariance scores")."""
 
-    AUTO = "auto"  # lpips-alex if torchvision's AlexNet weights are on disk, else 1-ms-ssim or 1-ssim
+    AUTO = "auto"  # lpips-alex if `rcdm-viz weights lpips` put its weights on disk, else 1-ms-ssim or 1-ssim
     LPIPS_ALEX = "lpips-alex"  # LPIPS v0.1 on AlexNet (Zhang et al. 2018)
     MS_SSIM = "1-ms-ssim"  # 1 - MS-SSIM (Wang et al. 2003), weight-free; needs images > 160 px
     SSIM = "1-ssim"  # 1 - SSIM (Wang et al. 2004, 11-px Gaussian window), weight-free

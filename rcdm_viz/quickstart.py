@@ -1,4 +1,7 @@
-"""The whole pipeline on synthetic scenes, from one command: encoder -> probes -> decoders -> grids."""
+"""The whole pipeline on synthetic scenes, from one command: encoder -> probes -> decoders -> grids.
+
+With ``--encoder NAME`` (a registry entry, e.g. efficientnet-lite0-imagenet) the encoder is that frozen
+public model, imported into the run, and the SSL training stage is skipped."""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from typing import Any
 
 from rcdm_viz.config import Config
 from rcdm_viz.decoder.train import train_decoder
+from rcdm_viz.encoders import load_encoder
+from rcdm_viz.encoders.zoo import SOURCE_FILE
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.probe_run import format_table, probe_run
 from rcdm_viz.evaluation.report import report_run
-from rcdm_viz.runs import ALL_LAYERS, RunDir, read_metrics
+from rcdm_viz.runs import ALL_LAYERS, ALL_SECTIONS, RunDir, read_json, read_metrics, record_config
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder
 
@@ -27,6 +32,28 @@ def _stage(timings: dict[str, float], name: str, say: Callable[[str], None]):
     say(f"   {name}: {timings[name]:.0f} s")
 
 
+def format_scores(run: RunDir, layers: list[str]) -> str:
+    """The decoder scores of the held-out grids per layer (means over ``samples/*/scores.json``), with the
+    perceptual distance they use named: the demo's last lines."""
+    per_layer, info = decoder_scores(run)
+    distance = ", ".join(info["distance"]) or "none"
+    names = ("fidelity", "diversity", "consistency", "retrieval_top1")
+    lines = [
+        f"decoder scores (mean over {len(info['images'])} scored images; perceptual distance: {distance})",
+        f"{'layer':<8}" + "".join(f"{n:>16}" for n in names),
+    ]
+    for layer in [name for name in layers if name in per_layer]:
+        cells = [per_layer[layer].get(n) for n in names]
+        lines.append(f"{layer:<8}" + "".join(f"{v:>16.3f}" if v is not None else f"{'-':>16}" for v in cells))
+    return "\n".join(lines)
+
+
+def imported_encoder(run: RunDir) -> str | None:
+    """The registry name of the public encoder imported into ``run`` (encoder/source.json), or None."""
+    source = run.encoder / SOURCE_FILE
+    return str(read_json(source).get("encoder")) if source.is_file() and run.has_encoder() else None
+
+
 def quickstart(
     cfg: Config, run: RunDir, say: Callable[[str], None] = print, progress: bool = True
 ) -> dict[str, Any]:
@@ -34,8 +61,14 @@ def quickstart(
     say = say or functools.partial(print, flush=True)
     timings: dict[str, float] = {}
     layers = list(cfg.quickstart.decoder_layers)
-    with _stage(timings, "train encoder", say):
-        encoder = train_encoder(cfg, run, progress=progress)
+    imported = imported_encoder(run)
+    if imported is not None:  # a frozen public encoder (`--encoder NAME`): nothing to train
+        say(f"== encoder: {imported} (frozen, imported from the registry; no SSL training)")
+        record_config(run, cfg, ALL_SECTIONS)
+        encoder = load_encoder(run.require_encoder())
+    else:
+        with _stage(timings, "train encoder", say):
+            encoder = train_encoder(cfg, run, progress=progress)
     encoder.select_layers(layers)  # checked before the decoders train, not after
     with _stage(timings, "probe", say):
         probes = probe_run(cfg, run, progress=progress)
@@ -58,6 +91,7 @@ def quickstart(
         say(f"  {name:<24} {secs:7.1f} s")
     say(f"  {'total':<24} {sum(timings.values()):7.1f} s")
     say(machine_speed(run, ALL_LAYERS if cfg.quickstart.shared_decoder else layers[0]))
+    say(format_scores(run, layers))
     return {"timings": timings, "probes": probes, "grids": grids}
 
 

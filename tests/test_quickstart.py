@@ -140,3 +140,6 @@ def test_quickstart_runs_every_stage_into_one_run(tmp_path):
     assert (run.report / "layers.csv").is_file()
     assert "train decoder all" in out["timings"]
     assert any(line.strip().startswith("total") for line in lines)
+    # It ends with the decoder scores of the held-out scenes, naming the distance (16 px: below LPIPS' 32).
+    assert lines[-1].startswith("decoder scores (mean over 1 scored images; perceptual distance: 1-ssim)")
+    assert lines[-1].splitlines()[2].split()[0] == "trunk"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rcdm_viz.encoders.efficientnet import EfficientNetEncoder  # registers its bundle arch for load_encoder
 from rcdm_viz.encoders.encoder import IMAGENET_MEAN, IMAGENET_STD, Encoder, load_encoder
 from rcdm_viz.encoders.projector import HeadSpec, HeadStyle, parse_head
 from rcdm_viz.encoders.resnet import Arch
@@ -12,6 +13,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Arch",
+    "EfficientNetEncoder",
     "Encoder",
     "HeadSpec",
     "HeadStyle",

@@ -33,6 +33,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _BUNDLE_FORMAT = "rcdm_viz.encoder/1"
 _EARLY_STAGES: tuple[str, ...] = STAGE_NAMES[:-1]
+# Bundles of other architectures, by their config's "arch" (rcdm_viz.encoders.efficientnet adds its own);
+# any other arch is the ResNet Encoder's.
+ARCH_CLASSES: dict[str, Any] = {}
 
 
 def _channel_triple(values: Sequence[float], name: str, positive: bool) -> tuple[float, float, float]:
@@ -252,7 +255,7 @@ def load_encoder(path: str | os.PathLike[str]) -> Encoder:
         fmt = config.pop("format", None) if isinstance(config, dict) else None
         if fmt != _BUNDLE_FORMAT:
             raise RcdmVizError(f"{str(config_path)!r} has format {fmt!r}, expected {_BUNDLE_FORMAT!r}")
-        encoder = Encoder(**config)
+        encoder = ARCH_CLASSES.get(config.get("arch"), Encoder)(**config)
         state = load_file(weights_path, device="cpu")
         # Metadata is absent on files written by other tools; only a present, different config is an error.
         with safe_open(weights_path, framework="pt") as f:

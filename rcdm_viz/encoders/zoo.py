@@ -27,11 +27,14 @@ import torch
 import yaml
 from torch import Tensor
 
+from rcdm_viz.encoders.efficientnet import ARCH as EFFICIENTNET
+from rcdm_viz.encoders.efficientnet import EfficientNetEncoder
 from rcdm_viz.encoders.encoder import Encoder
 from rcdm_viz.encoders.projector import parse_head
 from rcdm_viz.encoders.resnet import Arch
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json, write_json
+from rcdm_viz.weights import get_package, load_weights
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "pretrained_encoders"
 WEIGHTS_ENV = "RCDM_VIZ_WEIGHTS"
@@ -62,6 +65,7 @@ class PublicEncoder:
     ignore: tuple[str, ...]
     inert_globals: tuple[str, ...]
     code: str
+    package: str | None = None  # obtained and converted by `rcdm-viz weights <package>` (rcdm_viz.weights)
 
     def encoder_config(self) -> dict[str, Any]:
         """Constructor arguments of the Encoder this checkpoint maps onto."""
@@ -76,7 +80,7 @@ class PublicEncoder:
 
 
 _TOP_KEYS = {"name", "description", "method", "arch", "width", "head", "file", "input", "state", "keys"}
-_OPTIONAL_KEYS = {"ignore", "inert_globals", "code"}
+_OPTIONAL_KEYS = {"ignore", "inert_globals", "code", "package"}
 _FILE_KEYS = {"name", "url", "sha256_prefix"}
 _INPUT_KEYS = {"resolution", "mean", "std"}
 
@@ -120,12 +124,29 @@ def _parse_entry(path: Path) -> PublicEncoder:
         ignore=tuple(str(k) for k in data.get("ignore") or ()),
         inert_globals=tuple(str(k) for k in data.get("inert_globals") or ()),
         code=str(data.get("code", "")),
+        package=None if data.get("package") is None else str(data["package"]),
     )
     if path.stem != entry.name:
         raise RcdmVizError(f"{where}: name {entry.name!r} differs from the file name {path.stem!r}")
+    if entry.package is not None:
+        _check_package_entry(entry, where)
+        return entry
     Arch.parse(entry.arch)
     parse_head(entry.head)
     return entry
+
+
+def _check_package_entry(entry: PublicEncoder, where: str) -> None:
+    """An entry whose weights come from ``rcdm-viz weights``: a known package, an architecture with its
+    own module (today: EfficientNet-Lite0), and that package's converted file name."""
+    try:
+        package = get_package(entry.package or "")
+    except RcdmVizError as err:
+        raise RcdmVizError(f"{where}: {err}") from None
+    if entry.arch != EFFICIENTNET:
+        raise RcdmVizError(f"{where}: arch {entry.arch!r} of a package entry must be {EFFICIENTNET!r}")
+    if entry.filename != package.filename:
+        raise RcdmVizError(f"{where}: file name {entry.filename!r} is not {package.filename!r}")
 
 
 def load_registry(directory: str | os.PathLike[str] = REGISTRY_DIR) -> dict[str, PublicEncoder]:
@@ -304,6 +325,8 @@ def load_public_encoder(
     if not path.is_file():
         raise RcdmVizError(f"weights file '{path}' does not exist")
     check_hash(entry, path, sha256)
+    if entry.package is not None:
+        return EfficientNetEncoder.from_state_dict(entry.encoder_config(), load_weights(entry.package, path))
     state = adapt_state_dict(entry, read_checkpoint(path, entry.inert_globals), str(path))
     return Encoder.from_state_dict(entry.encoder_config(), state)
 
@@ -341,7 +364,8 @@ def import_public_encoder(
         found = find_local_weights(entry)
         if found is None:
             dirs = ", ".join(str(d) for d in weights_dirs(entry))
-            raise RcdmVizError(f"no {entry.filename} for {entry.name} in {dirs}; pass --weights FILE")
+            how = f"run `rcdm-viz weights {entry.package}`" if entry.package else "pass --weights FILE"
+            raise RcdmVizError(f"no {entry.filename} for {entry.name} in {dirs}; {how}")
         weights = found
     path = Path(weights)
     if not path.is_file():
@@ -374,7 +398,7 @@ def registry_table(directory: str | os.PathLike[str] = REGISTRY_DIR) -> str:
     where = ", ".join(str(d) for d in weights_dirs())
     lines.append(
         f"(looked in {where}; set ${WEIGHTS_ENV} to change; obtain files from each entry's url in "
-        f"{REGISTRY_DIR})"
+        f"{REGISTRY_DIR}, or with `rcdm-viz weights` for those from the package index)"
     )
     return "\n".join(lines)
 

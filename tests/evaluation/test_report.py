@@ -67,13 +67,13 @@ def test_perfect_decoder_keeps_every_factor_and_a_random_one_none(tiny_run, scen
 
 
 def test_distance_is_named_and_never_swapped_silently(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no AlexNet weights here
+    monkeypatch.setenv("RCDM_VIZ_WEIGHTS", str(tmp_path))  # no LPIPS weights here
     assert resolve_distance(Distance.AUTO, 32) is Distance.SSIM
     assert resolve_distance(Distance.AUTO, 256) is Distance.MS_SSIM
-    with pytest.raises(Exception, match="AlexNet"):
+    with pytest.raises(Exception, match="LPIPS weights"):
         resolve_distance(Distance.LPIPS_ALEX, 32)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "alexnet-owt-7be5be79.pth").write_bytes(b"")
+    (tmp_path / "lpips-alexnet-v0.1.safetensors").write_bytes(b"")  # found (verified only when used)
+    (tmp_path / "lpips-alexnet-v0.1.safetensors.sha256").write_bytes(b"")
     assert resolve_distance(Distance.AUTO, 32) is Distance.LPIPS_ALEX
 
 

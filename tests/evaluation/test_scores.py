@@ -49,10 +49,10 @@ def test_gallery_without_drops_the_input_itself_up_to_uint8_rounding():
 
 
 def test_distance_resolution_never_swaps_silently(monkeypatch):
-    monkeypatch.setattr(scores, "alexnet_weights_on_disk", lambda: None)
+    monkeypatch.setattr(scores, "lpips_available", lambda: False)  # as with no `rcdm-viz weights lpips`
     assert resolve_distance(Distance.AUTO, 32) is Distance.SSIM
     assert resolve_distance(Distance.AUTO, 256) is Distance.MS_SSIM
-    with pytest.raises(RcdmVizError, match="AlexNet weights"):
+    with pytest.raises(RcdmVizError, match="needs the LPIPS weights"):
         resolve_distance(Distance.LPIPS_ALEX, 256)
     with pytest.raises(RcdmVizError, match=">= 161 px, got 32"):
         resolve_distance(Distance.MS_SSIM, 32)
