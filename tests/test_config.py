@@ -41,7 +41,8 @@ def test_preset_holds_only_differences_and_overrides_apply():
     assert cfg.data.resolution == 32 and cfg.encoder.arch == "resnet18"
     assert cfg.ssl.epochs == 3 and cfg.ssl.method is Method.VICREG
     assert cfg.decoder.block_out_channels == (32, 64)
-    assert cfg.ssl.temperature == 0.15  # untouched default
+    assert cfg.ssl.temperature == 0.5 and cfg.views.redraw_factors == ("floor_hue",)  # the preset's
+    assert cfg.ssl.lars_eta == 0.001  # untouched default
     assert "quickstart" in available_presets()
 
 
