@@ -198,10 +198,18 @@ def step_lock(run: RunDir, step_name: str, enabled: bool = True) -> Iterator[Non
         os.close(fd)  # closing releases the flock
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: 0o666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temp file next to ``path``, then ``os.replace`` it onto ``path``.
 
-    A reader never sees a half-written file; the temp file is removed when ``write`` fails.
+    A reader never sees a half-written file; the temp file is removed when ``write`` fails. The file gets
+    the permissions of an ordinary write (mkstemp's are owner-only, which hides runs from a shared group).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +217,7 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

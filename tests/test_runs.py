@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -25,6 +27,17 @@ def test_decoder_for_prefers_the_layers_own_decoder_then_the_shared_one(tmp_path
     _decoder(run.decoder("head2"))
     assert run.decoder_for("head2") == run.decoder("head2")
     assert run.decoder_layers() == sorted([ALL_LAYERS, "head2"])
+
+
+def test_atomic_writes_get_the_permissions_of_an_ordinary_write(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "shared.json", b"{}")
+        (tmp_path / "plain.json").write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "shared.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644
 
 
 def test_atomic_write_keeps_the_old_file_and_no_temp_file_when_writing_fails(tmp_path):
