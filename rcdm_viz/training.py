@@ -24,7 +24,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
 
-from rcdm_viz.config import Precision
+from rcdm_viz.config import Precision, flatten
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import MetricsLog, atomic_write_text, writing
 from rcdm_viz.seeding import generator_for
@@ -92,16 +92,6 @@ def checkpoint_dirs(root: Path) -> list[Path]:
         return []
     done = [p for p in root.iterdir() if p.name.startswith(_CKPT_PREFIX) and (p / "state.json").is_file()]
     return sorted(done, key=lambda p: int(p.name[len(_CKPT_PREFIX) :]))
-
-
-def _flat(identity: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in identity.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def save_checkpoint(accelerator: Accelerator, root: Path, step: int, identity: dict[str, Any]) -> Path:
@@ -181,7 +171,7 @@ def load_latest_checkpoint(
     except (OSError, ValueError, KeyError, TypeError):
         raise RcdmVizError(f"checkpoint '{latest}' is unreadable; train without --resume") from None
     if stored != identity:
-        ours, theirs = _flat(identity), _flat(stored if isinstance(stored, dict) else {})
+        ours, theirs = flatten(identity), flatten(stored if isinstance(stored, dict) else {})
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
         raise RcdmVizError(
             f"checkpoint '{latest}' belongs to another configuration (differs in: {', '.join(differ[:6])}); "

@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from rcdm_viz.config import flatten
 from rcdm_viz.encoders.efficientnet import ARCH as EFFICIENTNET
 from rcdm_viz.encoders.efficientnet import EfficientNetEncoder
 from rcdm_viz.encoders.encoder import Encoder
@@ -236,17 +237,6 @@ def _our_prefix(entry: PublicEncoder, key: str) -> str:
     return max(matches, key=len)
 
 
-def _flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings joined into dotted keys (VISSL nests {"trunk": {...}, "heads": {...}})."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _state_dict_at(checkpoint: Any, entry: PublicEncoder, file: str) -> dict[str, Tensor]:
     """Descend ``entry.state`` into the checkpoint, flatten nested mappings, and strip a DDP "module."
     prefix carried by every key."""
@@ -258,7 +248,7 @@ def _state_dict_at(checkpoint: Any, entry: PublicEncoder, file: str) -> dict[str
         state = state[name]
     if not isinstance(state, Mapping) or not state:
         raise RcdmVizError(f"'{file}': no state dict at {list(entry.state)} ({entry.name}'s layout)")
-    flat = _flatten(state)
+    flat = flatten(state)  # VISSL nests {"trunk": {...}, "heads": {...}}
     if all(k.startswith(_DDP_PREFIX) for k in flat):
         flat = {k[len(_DDP_PREFIX) :]: v for k, v in flat.items()}
     return flat
