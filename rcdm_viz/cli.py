@@ -110,6 +110,15 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
     return [f"sample.{k}={v}" for k, v in flags.items() if v is not None]
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
+
+    meta = write_cache(args.data, args.resolution, args.out, args.workers, not args.no_progress, args.chunk)
+    counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
+    print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; returns the exit code.
 
@@ -119,14 +128,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "app":
         return _app(args.runs, args.headless, args.port, args.address)
     if args.command == "cache":
-        from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
-
-        meta = write_cache(
-            args.data, args.resolution, args.out, args.workers, not args.no_progress, args.chunk
-        )
-        counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
-        print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
-        return 0
+        return _cache(args)
     if args.command == "encoders":
         from rcdm_viz.encoders.zoo import registry_table  # deferred: start-up cost
 

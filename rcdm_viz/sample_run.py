@@ -196,7 +196,7 @@ def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) 
 def sample_heldout(
     cfg: Config, run: RunDir, layers: list[str], progress: bool = True, scores: bool = True
 ) -> list[Path]:
-    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-XXXXX/``), each scored
+    """Grids for the first ``quickstart.n_images`` validation scenes (``samples/val-<index>/``), each scored
     (``scores.json``) and labelled with its own scores unless ``scores`` is False."""
     encoder = load_encoder(run.require_encoder())
     decoders = load_decoders(run, layers, encoder)
