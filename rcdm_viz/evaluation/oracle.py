@@ -145,6 +145,17 @@ def factor_error(pred: Tensor, target: Tensor) -> Tensor:
     return (pred - target).pow(2).sum(dim=1)
 
 
+def factor_value(name: str, reading: Tensor) -> Tensor:
+    """The factor's value in a reading [n, w]: a circular factor's (sin, cos) put on the unit circle.
+
+    A circular factor is its angle alone. The oracle shortens its (sin, cos) when an image shows no clear
+    angle (a sample whose floor is grey or a blend of hues); compared as they are, such hedged readings
+    sit at squared chord ~1 from every angle, half the chance error of 2, and would score retention ~0.5
+    without keeping anything.
+    """
+    return nn.functional.normalize(reading, dim=1, eps=1e-12) if name in CIRCULAR else reading
+
+
 def factor_retention(
     sample_pred: dict[str, Tensor], input_pred: dict[str, Tensor], other_pred: dict[str, Tensor]
 ) -> dict[str, float]:
@@ -153,11 +164,13 @@ def factor_retention(
     ``sample_pred``: oracle readings of the samples of ONE input, name -> [n, w]; ``input_pred``: of the
     input x, name -> [1, w] (f(x) is the oracle's reading of x, so a decoder that returns its input
     scores exactly 1 and the oracle's own error does not count against the decoder); ``other_pred``: of
-    other images x', name -> [M, w]. 1 = kept, 0 = no better than another image, < 0 = worse.
+    other images x', name -> [M, w]. Circular factors compare angles only (``factor_value``). 1 = kept,
+    0 = no better than another image, < 0 = worse.
     """
     out = {}
     for name, target in input_pred.items():
-        err = factor_error(sample_pred[name], target).mean()
-        chance = factor_error(other_pred[name], target).mean()
+        target = factor_value(name, target)
+        err = factor_error(factor_value(name, sample_pred[name]), target).mean()
+        chance = factor_error(factor_value(name, other_pred[name]), target).mean()
         out[name] = float(1 - err / chance.clamp_min(1e-12))
     return out

@@ -34,10 +34,25 @@ def test_factor_error_of_angles_is_the_squared_chord():
 
 
 def test_retention_is_one_when_kept_zero_at_chance_negative_when_worse():
-    x = {"hue": torch.tensor([[0.0, 1.0]])}
+    x = {"hue": torch.tensor([[0.0, 1.0]])}  # not a circular factor's name: compared as it is
     others = {"hue": torch.tensor([[1.0, 0.0], [-1.0, 0.0]])}  # mean error 2
     assert factor_retention({"hue": x["hue"].repeat(4, 1)}, x, others) == {"hue": 1.0}
     assert factor_retention(others, x, others)["hue"] == pytest.approx(0.0)
     worse = {"hue": torch.tensor([[0.0, -1.0]])}  # opposite angle: error 4
     assert factor_retention(worse, x, others)["hue"] == pytest.approx(-1.0)
     assert math.isfinite(factor_retention(x, x, {"hue": x["hue"]})["hue"])  # no division by zero
+
+
+def test_circular_retention_compares_angles_so_a_hedged_reading_keeps_nothing():
+    x = {"floor_hue": torch.tensor([[0.0, 1.0]])}
+    others = {"floor_hue": torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])}
+    # Short readings at random angles (a grey, ambiguous floor): squared error ~1 to every angle as they
+    # are, which would be half the chance error; on the circle they are as far as any other scene.
+    angles = torch.linspace(0, 2 * math.pi, 65)[:-1]
+    hedged = {"floor_hue": 0.05 * torch.stack([angles.sin(), angles.cos()], dim=1)}
+    assert factor_retention(hedged, x, others)["floor_hue"] == pytest.approx(0.0, abs=1e-5)
+    # A confident reading at the input's angle is kept, whatever the oracle's scale.
+    assert factor_retention({"floor_hue": 0.3 * x["floor_hue"]}, x, others)["floor_hue"] == pytest.approx(1.0)
+    # The same short readings under a name that is not circular earn half of chance: why angles matter.
+    as_is = {"hue": hedged["floor_hue"]}, {"hue": x["floor_hue"]}, {"hue": others["floor_hue"]}
+    assert factor_retention(*as_is)["hue"] == pytest.approx(0.5, abs=0.01)
