@@ -53,7 +53,7 @@ def test_golden_values_same_on_every_machine() -> None:
     golden_phi = [3.2163515090942383, 2.0308215618133545, 1.4845080375671387, 5.237886428833008]
     assert torch.equal(factors["spot_phi"], torch.tensor(golden_phi, dtype=torch.float32))
     images, _, _ = SyntheticScenes(4, resolution=32, seed=0).render_batch([0, 1, 2, 3])
-    golden_sums = [970.9832153320312, 1020.0283203125, 873.448486328125, 1344.07373046875]
+    golden_sums = [1014.0842895507812, 1157.94873046875, 1021.722412109375, 1444.4984130859375]
     assert images.sum(dim=(1, 2, 3)).tolist() == pytest.approx(golden_sums, abs=1e-2)
 
 
@@ -184,6 +184,21 @@ def test_light_position_is_visible_through_the_shadow() -> None:
     left, right = slice(0, 24), slice(40, 64)
     assert bool((east[:, :, left].mean(dim=(1, 2)) < west[:, :, left].mean(dim=(1, 2))).all())
     assert bool((west[:, :, right].mean(dim=(1, 2)) < east[:, :, right].mean(dim=(1, 2))).all())
+
+
+def test_floor_colour_is_legible_in_the_shade() -> None:
+    # The far floor (top rows) lies outside the spot's pool: only the ambient light shows its colour there.
+    # Opposite floor hues must differ there by more than a small decoder's colour error (~0.1 a channel),
+    # and the lit pools must stay below full scale (two clipped channels lose the light's hue).
+    c = len(SyntheticScenes.SHAPES)
+    base = {k: torch.full((2 * c,), (lo + hi) / 2) for k, (lo, hi) in FACTOR_RANGES.items()}
+    base.update(spot_theta=torch.zeros(2 * c), floor_hue=torch.tensor([0.0] * c + [0.5] * c))
+    labels = torch.arange(c).repeat(2)
+    far = render(base, labels, 32)[:, :, :3].mean(dim=(2, 3))  # [2c, 3]
+    assert float((far[:c] - far[c:]).abs().amax(dim=1).min()) > 0.15
+    labels, factors = sample_factors(torch.arange(64), seed=5)
+    clipped = (render(factors, labels, 32) >= 1.0).sum(dim=1).ge(2).float().mean()
+    assert float(clipped) < 0.02
 
 
 def _inside(shape: syn_shapes.Shape, p: torch.Tensor) -> torch.Tensor:
