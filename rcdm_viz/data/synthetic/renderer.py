@@ -27,11 +27,11 @@ _LIGHT_TARGET = (0.0, 0.0, 0.0)  # the spot aims at the object's foot
 _LIGHT_DISTANCE = 5.5  # radius of the sphere the spot moves on, centred on the light target
 _SPOT_COS_INNER = math.cos(math.radians(14.0))
 _SPOT_COS_OUTER = math.cos(math.radians(24.0))  # soft cone edge: the lit pool on the floor is visible
-_AMBIENT = 0.45  # the unlit floor at ~0.4 of full brightness: its colour reads outside the pool
-_LIGHT_GAIN = 0.75  # ambient + gain stays <= 1.2: the lit pool of the brightest floor barely clips
+_AMBIENT = 0.42  # the unlit floor at up to 0.3 of full brightness: its colour reads outside the pool
+_LIGHT_GAIN = 0.95  # (ambient + gain) x floor value <= 1: the pool stays below full scale
 _OBJECT_SV = (0.85, 0.95)  # saturated object colour
 _PAINT_MIX = 0.55  # the object's local x < 0 half is mixed this much with white: rotation stays visible
-_FLOOR_SV = (0.6, 0.85)  # less saturated than the object, saturated enough to read in the shade
+_FLOOR_SV = (0.6, 0.72)  # less saturated than the object, saturated enough to read in the shade
 _LIGHT_SV = (0.55, 1.0)
 _AUTO_SUPERSAMPLE_MAX_RES = 32  # default anti-aliasing (2 x 2 rays per pixel) up to this resolution
 _CHUNK_ELEMENTS = 1 << 20  # pixels x images per chunk: bounds memory (4 MB a temporary), amortises op costs
