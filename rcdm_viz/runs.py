@@ -99,9 +99,14 @@ class RunDir:
     def require_encoder(self) -> Path:
         """The encoder bundle path, or a one-line error if this run has none."""
         if not self.has_encoder():
+            # After `make demo` the trained run is runs/quickstart, not the commands' default runs/default.
+            beside = self.root.parent
+            siblings = beside.iterdir() if beside.is_dir() else ()
+            trained = sorted(str(d) for d in siblings if RunDir(d).has_encoder())
+            hint = f"; runs beside it with an encoder: {', '.join(trained)} (pass --run)" if trained else ""
             raise RcdmVizError(
                 f"run directory '{self.root}' has no encoder (expected {self.encoder}/model.safetensors); "
-                "run `rcdm-viz train-encoder --run DIR` first"
+                f"run `rcdm-viz train-encoder --run DIR` first{hint}"
             )
         return self.encoder
 

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import ALL_LAYERS, MetricsLog, RunDir, atomic_write, atomic_write_bytes, read_metrics
 
 
@@ -27,6 +28,20 @@ def test_decoder_for_prefers_the_layers_own_decoder_then_the_shared_one(tmp_path
     _decoder(run.decoder("head2"))
     assert run.decoder_for("head2") == run.decoder("head2")
     assert run.decoder_layers() == sorted([ALL_LAYERS, "head2"])
+
+
+def test_missing_encoder_error_names_the_trained_runs_beside_it(tmp_path):
+    alone = r"has no encoder \(expected .*\); run `rcdm-viz train-encoder --run DIR` first$"
+    with pytest.raises(RcdmVizError, match=alone):
+        RunDir(tmp_path / "default").require_encoder()
+    for name, files in (("quickstart", ("config.json", "model.safetensors")), ("torn", ("config.json",))):
+        (tmp_path / name / "encoder").mkdir(parents=True)
+        for f in files:
+            (tmp_path / name / "encoder" / f).write_text("{}")
+    with pytest.raises(RcdmVizError) as err:
+        RunDir(tmp_path / "default").require_encoder()
+    assert str(err.value).endswith(f"runs beside it with an encoder: {tmp_path / 'quickstart'} (pass --run)")
+    assert RunDir(tmp_path / "quickstart").require_encoder() == tmp_path / "quickstart" / "encoder"
 
 
 def test_atomic_writes_get_the_permissions_of_an_ordinary_write(tmp_path):
