@@ -75,7 +75,7 @@ def retention(cfg: Config, run: RunDir, encoder: Encoder, decoder: RCDMDecoder, 
     """Mean factor retention of the decoder's samples of ``n_scenes`` held-out scenes, for the factors the
     oracle reads reliably (validation R² >= ORACLE_R2: an unreliable reading makes retention noise)."""
     gallery = build_gallery(cfg, run, encoder, [LAYER], cfg.decoder.resolution)
-    factors = [name for name, r2 in gallery.oracle_r2.items() if r2 >= ORACLE_R2]
+    factors = [name for name, r2 in gallery.oracle_quality.r2.items() if r2 >= ORACLE_R2]
     val = load_images(cfg.data, "val", n=n_scenes, resolution=cfg.decoder.resolution, progress=False)
     total = dict.fromkeys(factors, 0.0)
     for i in range(n_scenes):

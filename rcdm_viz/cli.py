@@ -55,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("train-decoder", help="train the RCDM decoder of one layer, or one for all layers")
     _common(d)
     _public_encoder_options(d)
-    d.add_argument("--layer", required=True, help="layer name (e.g. trunk, head2), or 'all' (shared decoder)")
+    d.add_argument("--layer", required=True,
+                   help="layer name (e.g. trunk, head2), 'all' (shared decoder) or 'prior' (unconditional)")
     d.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    d.add_argument("--init-from", metavar="SOURCE",
+                   help="start the UNet from a shipped prior (scene-prior), a decoder, run or UNet2DModel "
+                        "directory, or 'none' (= --set decoder.init_from=SOURCE)")
     s = sub.add_parser("sample", help="per-layer sample grids for images")
     _common(s)
     _public_encoder_options(s)
@@ -143,6 +147,8 @@ def run_command(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     if args.command == "sample":
         args.overrides = _sample_overrides(args) + args.overrides
+    if getattr(args, "init_from", None):
+        args.overrides = [f"decoder.init_from={args.init_from}", *args.overrides]
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
     if getattr(args, "encoder", None) or getattr(args, "weights", None):
         from rcdm_viz.encoders.zoo import import_public_encoder  # deferred: start-up cost

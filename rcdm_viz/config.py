@@ -244,6 +244,9 @@ class DecoderConfig:
     ema_warmup: bool = True  # diffusers EMAModel warm-up (decay ramps up), useful for short runs
     precision: Precision = Precision.AUTO  # autocast dtype; auto = bf16 where native, else fp32
     seed: int = 0  # seed of initialisation, batches, timesteps and noise
+    # where the UNet starts: "none" (from scratch, as RCDM), a shipped prior (scene-prior), or a decoder,
+    # run or diffusers UNet2DModel directory (docs/DESIGN.md, "Decoder": warm start)
+    init_from: str = "none"
     log_every: int = 50  # steps between metrics.jsonl records
     checkpoint_every: int = 2000  # steps between resumable checkpoints
     keep_checkpoints: int = 2  # how many checkpoints to keep
@@ -251,6 +254,9 @@ class DecoderConfig:
     binarize: bool = False  # condition on 1[x > 0], cached as packed bits (E/N Fig. 9: wide trunks lose ~0)
     grad_accum_steps: int = 1  # micro-batches per optimisation step (batch_size is split among them)
     channels_last: bool = False  # NHWC UNet; no clear gain on this CPU (benchmarks/decoder_step.py (c))
+    # torch.compile the UNet (minutes of compilation, then ~1.4x the steps/s of a small UNet on a CPU):
+    # for long trainings such as a prior's
+    compile: bool = False
     sample_every: int = 1000  # steps between progress samples in decoders/<layer>/progress/ (0 = never)
     progress_images: int = 4  # fixed validation images sampled for progress
     progress_steps: int = 25  # DDIM steps of the progress samples

@@ -37,7 +37,7 @@ def format_scores(run: RunDir, layers: list[str]) -> str:
     perceptual distance they use named: the demo's last lines."""
     per_layer, info = decoder_scores(run)
     distance = ", ".join(info["distance"]) or "none"
-    names = ("fidelity", "diversity", "consistency", "retrieval_top1")
+    names = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
     lines = [
         f"decoder scores (mean over {len(info['images'])} scored images; perceptual distance: {distance})",
         f"{'layer':<8}" + "".join(f"{n:>16}" for n in names),
@@ -96,9 +96,16 @@ def quickstart(
 
 
 def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) -> list[str]:
-    """One line per redrawn factor: its mean retention in every layer's samples over the held-out grids."""
+    """One line per redrawn factor: its mean retention in every layer's samples over the held-out grids;
+    then the shape the samples kept beside what the layer's probes read of it (a decoder that draws what a
+    layer holds keeps the shape about as often as a probe reads it)."""
     per_layer, info = decoder_scores(run)
     lines = []
+    probes = read_json(run.probes).get("layers", {}) if run.probes.is_file() else {}
+    shape = [f"{name} {per_layer[name]['shape_kept']:.2f} (probe {_acc(probes.get(name, {}))})"
+             for name in layers if "shape_kept" in per_layer.get(name, {})]
+    if shape:
+        lines.append(f"shape kept in the samples (linear / MLP probe accuracy): {', '.join(shape)}")
     for factor in factors:
         kept = [f"{name} {per_layer[name]['factor_retention'][factor]:.2f}" for name in layers
                 if factor in per_layer.get(name, {}).get("factor_retention", {})]
@@ -117,3 +124,8 @@ def machine_speed(run: RunDir, decoder: str) -> str:
 
     return (f"machine speed: encoder {rate(run.encoder_metrics)} (SSL views), "
             f"decoder {rate(run.decoder(decoder) / 'metrics.jsonl')} (median of the logged rates)")
+
+
+def _acc(row: dict) -> str:
+    """'49% / 61%': a layer's linear and MLP probe accuracy ('-' where missing)."""
+    return " / ".join(f"{100 * row[k]:.0f}%" if k in row else "-" for k in ("linear_acc", "mlp_acc"))

@@ -30,6 +30,7 @@ from rcdm_viz.errors import RcdmVizError
 
 ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
+PRIOR_LAYER = "prior"  # `--layer prior`: the unconditional decoder of the images, saved in decoders/prior/
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def layer_notes(run: RunDir, scores: dict | None = None, factors: Sequence[str] 
     """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``), the
     decoder samples' retention of each of ``factors`` (the factors the SSL views redrew) and their
     representation consistency, from ``scores`` (one image's ``scores.json``; else the mean over the run's
-    ``samples/*/scores.json``), e.g. "acc 91%\nfloor hue kept 0.82\ncons 0.83"."""
+    ``samples/*/scores.json``), e.g. "acc 91%\nfloor hue kept 0.82\nshape kept 0.75\ncons 0.83"."""
     notes: dict[str, list[str]] = {}
     if run.probes.is_file():
         for name, row in read_json(run.probes).get("layers", {}).items():
@@ -85,6 +85,8 @@ def layer_notes(run: RunDir, scores: dict | None = None, factors: Sequence[str] 
         for factor in factors:
             if factor in kept and math.isfinite(kept[factor]):
                 notes.setdefault(name, []).append(f"{factor.replace('_', ' ')} kept {kept[factor]:.2f}")
+        if row.get("shape_kept") is not None and math.isfinite(row["shape_kept"]):
+            notes.setdefault(name, []).append(f"shape kept {row['shape_kept']:.2f}")
         if row.get("consistency") is not None and math.isfinite(row["consistency"]):
             notes.setdefault(name, []).append(f"cons {row['consistency']:.2f}")
     return {name: "\n".join(lines) for name, lines in notes.items()}

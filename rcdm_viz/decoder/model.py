@@ -43,12 +43,37 @@ def _unet_block_types(
     return down, up
 
 
+def adm_unet_config(
+    resolution: int, block_out_channels: tuple[int, ...], layers_per_block: int,
+    attention_resolutions: tuple[int, ...], norm_num_groups: int, dropout: float = 0.0,
+) -> dict:
+    """``UNet2DModel`` keyword arguments of an ADM/RCDM UNet (scale-shift norm, resnet resampling)."""
+    down, up = _unet_block_types(resolution, len(block_out_channels), attention_resolutions)
+    return dict(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers_per_block,
+        downsample_type="resnet",
+        upsample_type="resnet",
+        dropout=dropout,
+        attention_head_dim=math.gcd(_HEAD_CHANNELS, *block_out_channels),
+        norm_num_groups=norm_num_groups,
+        # diffusers drops the GroupNorm of the mid-block attention under scale_shift unless told;
+        # ADM normalises before every attention block.
+        attn_norm_num_groups=norm_num_groups,
+        resnet_time_scale_shift="scale_shift",
+        class_embed_type="identity",
+    )
+
+
 def _check_config(
     layer_dims: dict[str, int], resolution: int, block_out_channels: tuple[int, ...], norm_num_groups: int
 ) -> None:
-    """Raise RcdmVizError on a configuration the UNet cannot be built from."""
-    if not layer_dims:
-        raise RcdmVizError("RCDMDecoder needs at least one layer in layer_dims, got {}")
+    """Raise RcdmVizError on a configuration the UNet cannot be built from (no layers = the prior)."""
     for name, dim in layer_dims.items():
         if not isinstance(name, str) or not name or "." in name:
             raise RcdmVizError(f"decoder layer name {name!r} must be a non-empty string without '.'")
@@ -75,8 +100,11 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
     ``layer_dims`` maps each layer the decoder is conditioned on to its representation dimension: one
     entry for a per-layer decoder, several for the shared decoder (which then adds a learned layer
-    embedding).  ``encoder_fingerprint`` records which encoder produced the training representations;
-    ``num_train_timesteps`` / ``beta_schedule`` / ``prediction_type`` record the noise schedule it was
+    embedding), none for the *prior*, an unconditional model of the images (always the null embedding)
+    that other decoders start from (``rcdm_viz.decoder.warm_start``).  ``unet_config`` builds the UNet
+    from a given ``UNet2DModel`` config instead of the ADM shape; ``warm_start`` records what the weights
+    started from (``{"source": ..., "sha256": ...}``).  ``encoder_fingerprint`` records which encoder
+    produced the training representations; ``num_train_timesteps`` / ``beta_schedule`` / ``prediction_type`` record the noise schedule it was
     trained with, so that a saved decoder samples correctly on its own (``noise_scheduler()``).
     With ``binarize`` the decoder sees only 1[x > 0] of every representation (E/N §4.3, Figure 9), applied
     in ``condition``: callers pass raw representations and get what the decoder was trained on.
@@ -99,32 +127,24 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         beta_schedule: str = "linear",
         prediction_type: str = "epsilon",
         binarize: bool = False,
+        unet_config: dict | None = None,
+        warm_start: dict | None = None,
     ) -> None:
         super().__init__()
-        block_out_channels = tuple(int(c) for c in block_out_channels)
-        _check_config(layer_dims, resolution, block_out_channels, norm_num_groups)
-        down, up = _unet_block_types(resolution, len(block_out_channels), tuple(attention_resolutions))
-        self.time_embed_dim = block_out_channels[0] * 4
-        self.unet = UNet2DModel(
-            sample_size=resolution,
-            in_channels=3,
-            out_channels=3,
-            down_block_types=down,
-            up_block_types=up,
-            block_out_channels=block_out_channels,
-            layers_per_block=layers_per_block,
-            downsample_type="resnet",
-            upsample_type="resnet",
-            dropout=dropout,
-            attention_head_dim=math.gcd(_HEAD_CHANNELS, *block_out_channels),
-            norm_num_groups=norm_num_groups,
-            # diffusers drops the GroupNorm of the mid-block attention under scale_shift unless told;
-            # ADM normalises before every attention block.
-            attn_norm_num_groups=norm_num_groups,
-            resnet_time_scale_shift="scale_shift",
-            class_embed_type="identity",
-        )
-        t_dim = self.time_embed_dim
+        if unet_config is None:
+            block_out_channels = tuple(int(c) for c in block_out_channels)
+            _check_config(layer_dims, resolution, block_out_channels, norm_num_groups)
+            unet_config = adm_unet_config(resolution, block_out_channels, layers_per_block,
+                                          tuple(attention_resolutions), norm_num_groups, dropout)
+        else:  # a given UNet2DModel's shape (a warm start from a plain diffusers UNet)
+            _check_config(layer_dims, 1, (1,), 1)
+            if unet_config.get("sample_size") != resolution:
+                raise RcdmVizError(f"unet_config's sample_size {unet_config.get('sample_size')!r} is not the "
+                                   f"decoder's resolution {resolution}")
+            unet_config = {**unet_config, "class_embed_type": "identity", "num_class_embeds": None}
+        self.unet = UNet2DModel(**unet_config)
+        # The conditioning is added to the time embedding, so it has the width every resnet block reads.
+        t_dim = self.time_embed_dim = self.unet.down_blocks[0].resnets[0].time_emb_proj.in_features
         self.rep_mlps = nn.ModuleDict(
             {name: self._make_mlp(int(dim), t_dim) for name, dim in layer_dims.items()}
         )
@@ -139,9 +159,11 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_decoder_config(
-        cls, dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str | None
+        cls, dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str | None,
+        unet_config: dict | None = None,
     ) -> RCDMDecoder:
-        """An untrained decoder for ``layer_dims`` with the UNet shape and noise schedule of ``dec``.
+        """An untrained decoder for ``layer_dims`` with the UNet shape (or ``unet_config``) and noise
+        schedule of ``dec``.
 
         (Not ``from_config``: diffusers' ``ConfigMixin.from_config`` is what ``from_pretrained`` calls.)
         """
@@ -157,6 +179,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
             beta_schedule=dec.beta_schedule.value,
             prediction_type=dec.prediction_type.value,
             binarize=dec.binarize,
+            unet_config=unet_config,
         )
 
     def noise_scheduler(self) -> DDPMScheduler:
@@ -195,8 +218,13 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
     @property
     def rep_width(self) -> int:
-        """Width of packed mixed-layer representations: the largest layer dimension."""
-        return max(int(d) for d in self.config.layer_dims.values())
+        """Width of packed mixed-layer representations: the largest layer dimension (0 for the prior)."""
+        return max((int(d) for d in self.config.layer_dims.values()), default=0)
+
+    @property
+    def is_prior(self) -> bool:
+        """Whether this is an unconditional model (no layers; samples from the null embedding)."""
+        return not self.config.layer_dims
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self._layer_index:
@@ -254,11 +282,11 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         indices into ``layers`` (``reps`` [n, rep_width], zero-padded, as the shared decoder trains).
         A ``binarize`` decoder replaces ``reps`` by 1[reps > 0] first (zero padding stays zero).
         """
-        if isinstance(layer, str):
-            self._check_layer(layer)
         null = self.null_embedding.unsqueeze(0).expand(n, -1)
         if reps is None:
             return null
+        if isinstance(layer, str):
+            self._check_layer(layer)
         if self.config.binarize:  # idempotent: cached {0, 1} features pass unchanged
             reps = binarize_reps(reps)
         if isinstance(layer, str):
@@ -283,8 +311,8 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
         ``reps`` [N, D] is the representation of ``layer``; or, with ``layer`` a long tensor [N] of
         per-sample layer indices (into ``layers``), ``reps`` [N, rep_width] packed as in ``condition``.
-        Rows where ``uncond`` [N] (bool) is True, or all rows when ``reps`` is None, use the learned null
-        embedding instead (classifier-free guidance).  Returns [N, 3, H, W].
+        Rows where ``uncond`` [N] (bool) is True, or all rows when ``reps`` is None (the prior: always),
+        use the learned null embedding instead (classifier-free guidance).  Returns [N, 3, H, W].
         """
         if x_t.ndim != 4 or x_t.shape[1] != 3:
             raise RcdmVizError(f"x_t must have shape [N, 3, H, W], got {list(x_t.shape)}")

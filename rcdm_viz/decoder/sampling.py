@@ -88,14 +88,15 @@ def _generators(seed: int, js: list[int]) -> list[torch.Generator]:
 
 
 def _model_output(
-    decoder: RCDMDecoder, x: torch.Tensor, t: torch.Tensor, reps: torch.Tensor, layer: str, guidance: float
+    decoder: RCDMDecoder, x: torch.Tensor, t: torch.Tensor, reps: torch.Tensor | None, layer: str,
+    guidance: float,
 ) -> torch.Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): out = out_u + s (out_c - out_u); s = 1 is plain
     conditional sampling and s = 0 unconditional, each with a single pass."""
     m = x.shape[0]
     tt = t.to(x.device).expand(m)
     x = x.to(decoder.dtype)
-    if guidance == 1.0:
+    if guidance == 1.0 or reps is None:
         return decoder(x, tt, reps, layer).float()
     if guidance == 0.0:
         return decoder(x, tt, None, layer).float()
@@ -107,7 +108,7 @@ def _model_output(
 
 def _denoise(
     decoder: RCDMDecoder,
-    reps: torch.Tensor,
+    reps: torch.Tensor | None,
     layer: str,
     scheduler: SchedulerMixin,
     steps: int,
@@ -138,7 +139,7 @@ def _denoise(
 
 def _check_sample_args(
     decoder: RCDMDecoder,
-    reps: torch.Tensor,
+    reps: torch.Tensor | None,
     n: int,
     steps: int,
     batch_size: int,
@@ -152,6 +153,8 @@ def _check_sample_args(
         raise RcdmVizError(f"n (samples per image) must be >= 1, got {n}")
     if batch_size < 1:
         raise RcdmVizError(f"batch_size must be >= 1, got {batch_size}")
+    if reps is None:  # unconditional: the null embedding
+        return layer or ""
     if reps.ndim != 2:
         raise RcdmVizError(f"reps must have shape [B, D], got {list(reps.shape)}")
     if layer is None:
@@ -170,7 +173,7 @@ def _check_sample_args(
 
 def sample(
     decoder: RCDMDecoder,
-    reps: torch.Tensor,
+    reps: torch.Tensor | None,
     n: int,
     steps: int = 50,
     sampler: str | Sampler = "ddim",
@@ -183,6 +186,7 @@ def sample(
     scheduler_config: Mapping | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images for each representation in ``reps`` [B, D]; returns [B, n, 3, H, W] in [0, 1].
+    ``reps=None`` draws ``n`` unconditional images (the null embedding; a prior's samples): [1, n, ...].
 
     ``layer`` defaults to the decoder's only layer.  ``guidance`` is the classifier-free guidance scale
     (1 = plain conditional sampling, as RCDM).  ``scheduler_config`` is the training DDPM scheduler's
@@ -193,8 +197,10 @@ def sample(
     kind = _as_sampler(sampler)
     config = scheduler_config if scheduler_config is not None else decoder.noise_scheduler().config
     layer = _check_sample_args(decoder, reps, n, steps, batch_size, layer, config["num_train_timesteps"])
-    reps = reps.detach().to(device=decoder.device, dtype=decoder.dtype)
-    items = [(b, j) for b in range(reps.shape[0]) for j in range(n)]
+    if reps is not None:
+        reps = reps.detach().to(device=decoder.device, dtype=decoder.dtype)
+    n_reps = 1 if reps is None else reps.shape[0]
+    items = [(b, j) for b in range(n_reps) for j in range(n)]
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     res, was_training = decoder.config.resolution, decoder.training
     out = torch.empty(len(items), 3, res, res)
@@ -204,13 +210,14 @@ def sample(
         with torch.inference_mode(), bar:
             start = 0
             for chunk in chunks:
-                rows = torch.tensor([b for b, _ in chunk], device=reps.device)
+                rows = torch.tensor([b for b, _ in chunk], device=decoder.device)
                 gens = _generators(seed, [j for _, j in chunk])
                 scheduler = make_sampler(kind, config)
+                part = None if reps is None else reps[rows]
                 out[start : start + len(chunk)] = _denoise(
-                    decoder, reps[rows], layer, scheduler, steps, float(guidance), gens, autocast_dtype, bar
+                    decoder, part, layer, scheduler, steps, float(guidance), gens, autocast_dtype, bar
                 )
                 start += len(chunk)
     finally:
         decoder.train(was_training)
-    return out.view(reps.shape[0], n, 3, res, res)
+    return out.view(n_reps, n, 3, res, res)

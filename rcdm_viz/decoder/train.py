@@ -22,17 +22,20 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from torch import Tensor
 
-from rcdm_viz.config import Config, DecoderConfig, to_dict
+from rcdm_viz.config import Config, DataSource, DecoderConfig, to_dict
 from rcdm_viz.data.sources import ImageSet, load_images
-from rcdm_viz.decoder.grids import png_bytes, sample_grid
+from rcdm_viz.data.synthetic import SyntheticScenes
+from rcdm_viz.decoder.grids import png_bytes, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.decoder.schedule import RowGenerators, diffusion_loss
+from rcdm_viz.decoder.warm_start import InitSource, build_warm_decoder, resolve_init
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
 from rcdm_viz.runs import (
     ALL_LAYERS,
+    PRIOR_LAYER,
     MetricsLog,
     RunDir,
     atomic_write_bytes,
@@ -117,15 +120,18 @@ class DecoderStep:
     layers: list[str]
     cfg: DecoderConfig
 
-    def __call__(self, x0: Tensor, reps: Tensor, step: int, layer_index: Tensor | None = None) -> float:
+    def __call__(
+        self, x0: Tensor, reps: Tensor | None, step: int, layer_index: Tensor | None = None
+    ) -> float:
         """x0: float [n,3,H,W] in [-1,1]; reps: [n,D] of ``layers[0]``, or packed [n, width] with
-        ``layer_index`` [n] (shared decoder). Returns the mean loss over the global batch."""
+        ``layer_index`` [n] (shared decoder), or None (the prior). Returns the mean loss over the global
+        batch."""
         acc, k = self.accelerator, self.cfg.grad_accum_steps
         device = acc.device
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         x0 = x0.to(device).contiguous(memory_format=fmt)
-        reps = reps.to(device).float()
-        layer = layer_index.to(device) if layer_index is not None else self.layers[0]
+        reps = reps.to(device).float() if reps is not None else None
+        layer = layer_index.to(device) if layer_index is not None else (self.layers or [PRIOR_LAYER])[0]
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
@@ -138,7 +144,8 @@ class DecoderStep:
             with sync:
                 with acc.autocast():
                     loss = diffusion_loss(
-                        self.model, x0[rows], reps[rows], part, self.noise_scheduler, gen,
+                        self.model, x0[rows], None if reps is None else reps[rows], part,
+                        self.noise_scheduler, gen,
                         self.cfg.p_uncond, self.cfg.snr_gamma, self.cfg.timestep_bias,
                     )
                 acc.backward(loss / k)
@@ -156,14 +163,21 @@ class DecoderStep:
 
 
 def make_decoder_step(
-    dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str, accelerator: Accelerator
+    dec: DecoderConfig, layer_dims: dict[str, int], fingerprint: str | None, accelerator: Accelerator,
+    init: InitSource | None = None,
 ) -> DecoderStep:
-    """A fresh decoder for ``layer_dims`` with its AdamW, warm-up schedule and EMA, prepared by
-    ``accelerator`` (the EMA state is registered so that checkpoints hold it)."""
+    """A fresh decoder for ``layer_dims`` (none: the prior) with its AdamW, warm-up schedule and EMA,
+    prepared by ``accelerator`` (the EMA state is registered so that checkpoints hold it). With ``init``
+    its UNet starts from that source (``rcdm_viz.decoder.warm_start``), else from RCDM's initialisation."""
     torch.manual_seed(dec.seed)
-    decoder = RCDMDecoder.from_decoder_config(dec, layer_dims, fingerprint)
+    if init is None:
+        decoder = RCDMDecoder.from_decoder_config(dec, layer_dims, fingerprint)
+    else:
+        decoder = build_warm_decoder(dec, layer_dims, fingerprint, init)
     if dec.channels_last:
         decoder.to(memory_format=torch.channels_last)
+    if dec.compile:
+        decoder.unet.compile()  # in place: the state dict keeps its keys, checkpoints stay portable
     optimizer = torch.optim.AdamW(decoder.parameters(), lr=dec.lr, weight_decay=dec.weight_decay)
     lr_scheduler = get_constant_schedule_with_warmup(optimizer, dec.warmup_steps)
     ema = EMAModel(decoder.parameters(), decay=dec.ema_decay, use_ema_warmup=dec.ema_warmup)
@@ -193,15 +207,18 @@ def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
 # Fields a resume may change: bookkeeping, more steps (a constant-LR training continues), and the
 # learning rate (resuming the last healthy checkpoint with a lower one after a divergence).
 _BOOKKEEPING = ("steps", "lr", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
-                "progress_images", "progress_steps", "feature_batch_size")
+                "progress_images", "progress_steps", "feature_batch_size", "compile")
 
 
-def decoder_identity(cfg: Config, layer: str, encoder_fingerprint: str) -> dict:
+def decoder_identity(
+    cfg: Config, layer: str, encoder_fingerprint: str | None, init: InitSource | None = None
+) -> dict:
     """What a decoder checkpoint must match to be resumed: the decoder's config (architecture included),
-    its training images and the frozen encoder."""
+    its training images, the frozen encoder and the weights its UNet started from."""
     dec = {k: v for k, v in to_dict(cfg.decoder).items() if k not in _BOOKKEEPING}
     data = {k: v for k, v in to_dict(cfg.data).items() if k != "decode_workers"}
-    return {"layer": layer, "encoder": encoder_fingerprint, "decoder": dec, "data": data}
+    start = init.record() if init is not None else None
+    return {"layer": layer, "encoder": encoder_fingerprint, "decoder": dec, "data": data, "init": start}
 
 
 def train_decoder(
@@ -209,44 +226,107 @@ def train_decoder(
 ) -> RCDMDecoder:
     """Train the decoder of ``layer`` (or the shared decoder of every layer, ``layer="all"``) on the frozen
     encoder's cached features; saves ``decoders/<layer>/`` (with the metrics of its training).
+    ``layer="prior"`` trains the unconditional prior instead: no encoder, the images alone (fresh
+    synthetic scenes every step, or the run's image set).
 
     One training per run and layer at a time (a lock naming the holder)."""
-    encoder = load_encoder(run.require_encoder())
-    layers = decoder_layers(encoder, layer)
+    encoder = None if layer == PRIOR_LAYER else load_encoder(run.require_encoder())
+    layers = decoder_layers(encoder, layer) if encoder is not None else []
+    init = resolve_init(cfg.decoder.init_from)
     accelerator = make_accelerator(cfg.decoder.precision)
     _check_decoder_config(cfg.decoder, accelerator.num_processes)
     with step_lock(run, f"decoder-{layer}", enabled=accelerator.is_main_process):
-        return _train_locked(cfg, run, layer, layers, encoder, accelerator, resume, progress)
+        return _train_locked(cfg, run, layer, layers, encoder, accelerator, resume, progress, init)
 
 
 def _train_locked(
-    cfg: Config, run: RunDir, layer: str, layers: list[str], encoder: Encoder, accelerator: Accelerator,
-    resume: bool, progress: bool,
+    cfg: Config, run: RunDir, layer: str, layers: list[str], encoder: Encoder | None,
+    accelerator: Accelerator, resume: bool, progress: bool, init: InitSource | None,
 ) -> RCDMDecoder:
     dec, main = cfg.decoder, accelerator.is_main_process
-    with accelerator.main_process_first():  # one process writes the feature cache, the others read it
-        images, feats = training_data(cfg, encoder, layers, run, progress and main)
-    dims = {name: feats[name].shape[1] for name in layers}
-    step_fn = make_decoder_step(dec, dims, encoder.fingerprint(), accelerator)
+    if encoder is None:
+        batches, n_images, dims, fingerprint = prior_batches(cfg, progress and main), None, {}, None
+    else:
+        with accelerator.main_process_first():  # one process writes the feature cache, the others read it
+            images, feats = training_data(cfg, encoder, layers, run, progress and main)
+        dims, fingerprint, n_images = {n: feats[n].shape[1] for n in layers}, encoder.fingerprint(), len(images)
+
+        def batches(step_fn: DecoderStep, step: int) -> Batch:
+            return training_batch(step_fn, images, feats, step)
+
+    step_fn = make_decoder_step(dec, dims, fingerprint, accelerator, init)
     step_name = f"decoder-{layer}"
     ckpt_root = run.checkpoints(step_name)
-    identity = decoder_identity(cfg, layer, encoder.fingerprint())
+    identity = decoder_identity(cfg, layer, fingerprint, init)
     prepare_checkpoints(accelerator, ckpt_root, resume)
     schedulers = [step_fn.lr_scheduler]
     start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
     log = MetricsLog(run.training_metrics(step_name), enabled=main)
     if main:
-        record_config(run, cfg, ("decoder",))
+        record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
         log.truncate_after(start)
+        if start == 0 and init is not None:
+            log.log(step=0, warm_start=init.record())
     snapshot = None
     if main and dec.sample_every > 0 and dec.progress_images > 0:
-        snapshot = progress_writer(cfg, encoder, step_fn, run.decoder(layer) / "progress")
-    _loop(step_fn, images, feats, start, ckpt_root, log, progress, snapshot, identity)
+        out = run.decoder(layer) / "progress"
+        snapshot = (progress_writer(cfg, encoder, step_fn, out) if encoder is not None
+                    else prior_progress_writer(step_fn, out))
+    _loop(step_fn, batches, n_images, start, ckpt_root, log, progress, snapshot, identity)
     final = step_fn.ema_decoder()
     if main:
         _save_atomic(final, run, layer, log.path)
     accelerator.wait_for_everyone()
     return final
+
+
+Batch = tuple[Tensor, Tensor | None, Tensor | None]  # images in [-1, 1], representations, layer indices
+
+
+def prior_batches(cfg: Config, progress: bool) -> Callable[[DecoderStep, int], Batch]:
+    """The prior's training images by step: on synthetic scenes a fresh batch every step (scenes
+    step * B .. step * B + B - 1 of the training stream: the renderer makes unlimited scenes, so the prior
+    never sees one twice), else seeded epochs over the run's image set."""
+    dec = cfg.decoder
+    if cfg.data.source is DataSource.SYNTHETIC:
+        stream = SyntheticScenes(2**62, resolution=dec.resolution, seed=cfg.data.seed, split="train")
+
+        def fresh(step_fn: DecoderStep, step: int) -> Batch:
+            idx = shard(torch.arange(step * dec.batch_size, (step + 1) * dec.batch_size), step_fn.accelerator)
+            return stream.render_batch(idx)[0] * 2 - 1, None, None
+
+        return fresh
+    images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
+    if dec.batch_size > len(images):
+        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {len(images)} training images")
+
+    def epochs(step_fn: DecoderStep, step: int) -> Batch:
+        idx = shard(batch_indices(len(images), dec.batch_size, step, dec.seed), step_fn.accelerator)
+        return images.batch(idx) * 2 - 1, None, None
+
+    return epochs
+
+
+def prior_progress_writer(step_fn: DecoderStep, out_dir: Path, n: int = 32) -> Callable[[int], Path]:
+    """``step -> path`` writing ``out_dir/step-XXXXXXX.png``: ``n`` unconditional samples of the EMA
+    weights (DDIM, fixed seeds, 4 rows), so successive files show the same noise decoded."""
+    steps = step_fn.cfg.progress_steps
+
+    def write(step: int) -> Path:
+        model = step_fn.accelerator.unwrap_model(step_fn.model)
+        params = list(model.parameters())
+        step_fn.ema.store(params)
+        step_fn.ema.copy_to(params)
+        try:
+            drawn = sample(model, None, n=n, steps=steps, seed=0)[0]  # [n, 3, H, W]
+        finally:
+            step_fn.ema.restore(params)
+        rows = drawn.view(4, n // 4, *drawn.shape[1:]).permute(2, 0, 3, 1, 4).flatten(3, 4).flatten(1, 2)
+        path = out_dir / f"step-{step:07d}.png"
+        atomic_write_bytes(path, png_bytes(tensor_to_pil(rows, scale=2)))
+        return path
+
+    return write
 
 
 def progress_writer(
@@ -308,8 +388,8 @@ def training_batch(
 
 def _loop(
     step_fn: DecoderStep,
-    images: ImageSet,
-    feats: dict[str, Tensor],
+    batches: Callable[[DecoderStep, int], Batch],
+    n_images: int | None,
     start: int,
     ckpt_root: Path,
     log: MetricsLog,
@@ -318,12 +398,13 @@ def _loop(
     identity: dict,
 ) -> None:
     dec = step_fn.cfg
-    if dec.batch_size > len(images):
-        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {len(images)} training images")
-    name = ALL_LAYERS if len(step_fn.layers) > 1 else step_fn.layers[0]
+    if n_images is not None and dec.batch_size > n_images:
+        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {n_images} training images")
+    layers = step_fn.layers
+    name = ALL_LAYERS if len(layers) > 1 else (layers or [PRIOR_LAYER])[0]
 
     def one_step(step: int) -> dict[str, float]:
-        x0, reps, which = training_batch(step_fn, images, feats, step)
+        x0, reps, which = batches(step_fn, step)
         return {"loss": step_fn(x0, reps, step, which)}
 
     def record(step: int, window: list[dict[str, float]], rate: float) -> dict:

@@ -18,7 +18,7 @@ import yaml
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, atomic_write_text, read_json
 
-_MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1")
+_MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
 
 
 def mean_finite(values: Sequence[float]) -> float:

@@ -1,15 +1,16 @@
-"""The factor oracle: a small CNN that reads the synthetic scenes' latent factors back from pixels.
+"""The factor oracle: a small CNN that reads the synthetic scenes' latent factors and the object's shape
+(its class) back from pixels.
 
-Decoder scores use it to ask whether a sample kept a factor of its input (docs/DESIGN.md, "Invariance
-scores").
-It is trained once per run on the synthetic training split at the decoder's resolution and cached in
-``<run>/oracle/`` (``config.json`` + ``model.safetensors``), with its own validation R² per factor so
-that a factor it cannot read is visible next to the retention scores.
+Decoder scores use it to ask whether a sample kept a factor of its input, and its shape (docs/DESIGN.md,
+"Invariance scores"). It is trained once per run on the synthetic training split at the decoder's
+resolution and cached in ``<run>/oracle/`` (``config.json`` + ``model.safetensors``), with its own
+validation R² per factor and shape accuracy, so that what it cannot read is visible next to the scores.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,12 +20,12 @@ from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, ScoresConfig
 from rcdm_viz.data.sources import ImageSet, load_images
-from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS, SHAPES
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.probes import factor_targets, r2_score
 from rcdm_viz.runs import RunDir, atomic_write, atomic_write_text
 
-_FORMAT = "rcdm_viz.oracle/1"
+_FORMAT = "rcdm_viz.oracle/2"  # 2: the shape head
 
 
 def oracle_targets(factors: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -41,8 +42,17 @@ def _widths() -> dict[str, int]:
     return {name: 2 if name in CIRCULAR else 1 for name in FACTORS}
 
 
+@dataclass(frozen=True)
+class OracleQuality:
+    """How well the oracle reads held-out scenes: R² per factor, top-1 accuracy of the shape."""
+
+    r2: dict[str, float]
+    shape_accuracy: float
+
+
 class FactorOracle(nn.Module):
-    """Conv net: images [N, 3, H, W] in [0, 1] -> concatenated factor targets [N, sum of widths]."""
+    """Conv net: images [N, 3, H, W] in [0, 1] -> concatenated factor targets [N, sum of widths] followed
+    by the shape logits [N, len(SHAPES)]."""
 
     def __init__(self, width: int = 32) -> None:
         super().__init__()
@@ -53,22 +63,28 @@ class FactorOracle(nn.Module):
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
             *block(width, 2 * width), *block(2 * width, 4 * width), *block(4 * width, 4 * width),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, sum(_widths().values())),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * width, sum(_widths().values()) + len(SHAPES)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x * 2 - 1)
 
     @torch.no_grad()
-    def predict(self, images: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
-        """Factor readings of images [N, 3, H, W]: name -> [N, width] (same scales as ``oracle_targets``)."""
+    def read(self, images: Tensor, batch_size: int = 256) -> tuple[dict[str, Tensor], Tensor]:
+        """Readings of images [N, 3, H, W]: (factor name -> [N, width] on the scales of ``oracle_targets``,
+        shape probabilities [N, len(SHAPES)])."""
         self.eval()
         out = torch.cat([self(images[i : i + batch_size].float()) for i in range(0, len(images), batch_size)])
         parts, col = {}, 0
         for name, w in _widths().items():
             parts[name] = out[:, col : col + w]
             col += w
-        return parts
+        return parts, out[:, col:].softmax(dim=1)
+
+    def predict(self, images: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
+        """Factor readings of images [N, 3, H, W]: name -> [N, width] (same scales as ``oracle_targets``)."""
+        return self.read(images, batch_size)[0]
 
 
 def _stack(targets: dict[str, Tensor]) -> Tensor:
@@ -77,28 +93,32 @@ def _stack(targets: dict[str, Tensor]) -> Tensor:
 
 def train_oracle(
     train: ImageSet, val: ImageSet, cfg: ScoresConfig, seed: int = 0, progress: bool = False
-) -> tuple[FactorOracle, dict[str, float]]:
-    """Fit the oracle by MSE (AdamW, cosine lr) on ``train``; returns it and its validation R² per factor."""
+) -> tuple[FactorOracle, OracleQuality]:
+    """Fit the oracle by MSE on the factors plus cross-entropy on the shape (AdamW, one-cycle lr) on
+    ``train``; returns it and its validation R² per factor and shape accuracy."""
     if not train.factors or not val.factors:
         raise RcdmVizError("the factor oracle needs images with known factors (the synthetic scenes)")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = FactorOracle()
-    y = _stack(oracle_targets(train.factors))
+    y, n_out = _stack(oracle_targets(train.factors)), sum(_widths().values())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.oracle_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.oracle_lr, cfg.oracle_steps, pct_start=0.1)
     model.train()
     with torch.enable_grad():
         for _ in tqdm(range(cfg.oracle_steps), desc="oracle", disable=not progress, leave=False):
             idx = torch.randint(0, len(train), (min(cfg.oracle_batch_size, len(train)),), generator=gen)
-            loss = nn.functional.mse_loss(model(train.batch(idx)), y[idx])
+            out = model(train.batch(idx))
+            loss = nn.functional.mse_loss(out[:, :n_out], y[idx])
+            loss = loss + nn.functional.cross_entropy(out[:, n_out:], train.labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    pred = model.predict(val.batch(torch.arange(len(val))))
+    pred, probs = model.read(val.batch(torch.arange(len(val))))
     truth = oracle_targets(val.factors)
-    return model, {name: r2_score(pred[name], truth[name]) for name in FACTORS}
+    accuracy = float((probs.argmax(dim=1) == val.labels).float().mean())
+    return model, OracleQuality({name: r2_score(pred[name], truth[name]) for name in FACTORS}, accuracy)
 
 
 def _key(cfg: Config, resolution: int) -> dict:
@@ -116,10 +136,10 @@ def _key(cfg: Config, resolution: int) -> dict:
 
 def load_or_train_oracle(
     cfg: Config, run: RunDir, resolution: int, progress: bool = False
-) -> tuple[FactorOracle, dict[str, float]]:
+) -> tuple[FactorOracle, OracleQuality]:
     """The run's oracle for images of ``resolution`` px (trained and cached on first use).
 
-    Returns (oracle, its validation R² per factor).
+    Returns (oracle, its validation R² per factor and shape accuracy).
     """
     root = Path(run.root) / "oracle" / f"{resolution}px"
     key = _key(cfg, resolution)
@@ -129,15 +149,16 @@ def load_or_train_oracle(
         if saved.get("key") == key:
             model = FactorOracle()
             model.load_state_dict(load_file(weights))
-            return model.eval(), saved["val_r2"]
+            return model.eval(), OracleQuality(saved["val_r2"], saved["val_shape_accuracy"])
     n_train, n_val = cfg.scores.oracle_n_train, min(cfg.data.n_val, 1024)
     train = load_images(cfg.data, "train", n=n_train, resolution=resolution, progress=progress)
     val = load_images(cfg.data, "val", n=n_val, resolution=resolution, progress=progress)
-    model, r2 = train_oracle(train, val, cfg.scores, seed=cfg.data.seed, progress=progress)
+    model, quality = train_oracle(train, val, cfg.scores, seed=cfg.data.seed, progress=progress)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
-    atomic_write_text(config_path, json.dumps({"key": key, "val_r2": r2}, indent=2) + "\n")
-    return model.eval(), r2
+    record = {"key": key, "val_r2": quality.r2, "val_shape_accuracy": quality.shape_accuracy}
+    atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+    return model.eval(), quality
 
 
 def factor_error(pred: Tensor, target: Tensor) -> Tensor:
@@ -174,3 +195,10 @@ def factor_retention(
         chance = factor_error(factor_value(name, other_pred[name]), target).mean()
         out[name] = float(1 - err / chance.clamp_min(1e-12))
     return out
+
+
+def shape_kept(sample_probs: Tensor, input_probs: Tensor) -> float:
+    """Fraction of the samples the oracle reads as the input's shape: the argmax class of each sample's
+    probabilities [n, C] against that of the input's [1, C] (the oracle's reading of x, as for the
+    factors, so a decoder that returns its input keeps the shape exactly 1)."""
+    return float((sample_probs.argmax(dim=1) == input_probs.argmax(dim=1)).float().mean())

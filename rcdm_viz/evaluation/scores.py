@@ -25,7 +25,13 @@ from rcdm_viz.data.sources import load_images
 from rcdm_viz.decoder.grids import fit
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.invariance import normalized_similarity
-from rcdm_viz.evaluation.oracle import FactorOracle, factor_retention, load_or_train_oracle
+from rcdm_viz.evaluation.oracle import (
+    FactorOracle,
+    OracleQuality,
+    factor_retention,
+    load_or_train_oracle,
+    shape_kept,
+)
 from rcdm_viz.evaluation.perceptual import LPIPS_MIN_SIDE, lpips_available, make_lpips_distance
 from rcdm_viz.features import encode_batches
 from rcdm_viz.runs import RunDir
@@ -80,6 +86,19 @@ def diversity(samples: Tensor, distance: PairDistance) -> float:
     return float(distance(samples[i], samples[j]).mean())
 
 
+def mean_abs_laplacian(images: Tensor) -> Tensor:
+    """Mean |5-point Laplacian| per image [N, 3, H, W] in [0, 1] -> [N]: high-frequency energy."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=images.dtype)
+    lap = nn.functional.conv2d(images.flatten(0, 1)[:, None], kernel[None, None])
+    return lap.abs().flatten(1).mean(1).view(images.shape[0], -1).mean(1)
+
+
+def grain(samples: Tensor, image: Tensor) -> float:
+    """High-frequency energy of the samples [n, 3, H, W] over the input's [3, H, W] (mean absolute
+    Laplacian): ~1 when the samples are as smooth as the input, > 1 for grain, < 1 for blur."""
+    return float(mean_abs_laplacian(samples).mean() / mean_abs_laplacian(image[None]).clamp_min(1e-8)[0])
+
+
 def fidelity(samples: Tensor, image: Tensor, distance: PairDistance) -> float:
     """Mean distance between each sample [n, 3, H, W] and the input image [3, H, W] (0 = identical)."""
     return float(distance(samples, image.expand_as(samples)).mean())
@@ -109,7 +128,7 @@ class Gallery:
     reps: dict[str, Tensor]
     oracle: FactorOracle | None = None
     oracle_pred: dict[str, Tensor] | None = None
-    oracle_r2: dict[str, float] | None = None
+    oracle_quality: OracleQuality | None = None
 
     def without(self, image: Tensor) -> Tensor:
         """Indices of the gallery images other than ``image`` [3, h, w] itself (up to uint8 rounding)."""
@@ -138,7 +157,7 @@ def build_gallery(
     batch = images.batch(torch.arange(len(images)))
     gallery = Gallery(batch, encode(encoder, batch, layers))
     if images.factors:
-        gallery.oracle, gallery.oracle_r2 = load_or_train_oracle(cfg, run, resolution, progress)
+        gallery.oracle, gallery.oracle_quality = load_or_train_oracle(cfg, run, resolution, progress)
         gallery.oracle_pred = gallery.oracle.predict(batch)
     return gallery
 
@@ -156,6 +175,7 @@ def layer_scores(
         "fidelity": fidelity(samples, image, distance),
         "consistency": consistency,
         "retrieval_top1": retrieval,
+        "grain": grain(samples, image),
     }
     if len(samples) >= 2:
         row["diversity"] = diversity(samples, distance)
@@ -168,7 +188,8 @@ def score_image(
     """Scores of every layer's samples for one input image (any size; fitted like the grid's column 0).
 
     rows: layer -> samples [n, 3, h, w] in [0, 1]. Returns {"distance", "n", "gallery", "layers": {layer:
-    {fidelity, diversity, consistency, retrieval_top1[, factor_retention]}}[, "oracle_val_r2"]}.
+    {fidelity, diversity, consistency, retrieval_top1, grain[, factor_retention, shape_kept]}}[,
+    "oracle_val_r2", "oracle_val_shape_accuracy"]}.
     """
     side = next(iter(rows.values())).shape[-1]
     kind = resolve_distance(distance, side)
@@ -179,14 +200,17 @@ def score_image(
     h_x = encode(encoder, image[None], layers)
     n = len(next(iter(rows.values())))
     result: dict = {"distance": kind.value, "n": n, "gallery": len(keep), "layers": {}}
-    if gallery.oracle is not None and gallery.oracle_pred is not None:
-        result["oracle_val_r2"] = gallery.oracle_r2
-        x_pred = gallery.oracle.predict(shown[None])
+    if gallery.oracle is not None and gallery.oracle_pred is not None and gallery.oracle_quality is not None:
+        result["oracle_val_r2"] = gallery.oracle_quality.r2
+        result["oracle_val_shape_accuracy"] = gallery.oracle_quality.shape_accuracy
+        x_pred, x_shape = gallery.oracle.read(shown[None])
         others = {k: v[keep] for k, v in gallery.oracle_pred.items()}
     for layer, samples in rows.items():
         h_s = encode(encoder, samples, [layer])[layer]
         row = layer_scores(samples, shown, h_s, h_x[layer][0], gallery.reps[layer][keep], dist)
         if gallery.oracle is not None:
-            row["factor_retention"] = factor_retention(gallery.oracle.predict(samples), x_pred, others)
+            s_pred, s_shape = gallery.oracle.read(samples)
+            row["factor_retention"] = factor_retention(s_pred, x_pred, others)
+            row["shape_kept"] = shape_kept(s_shape, x_shape)
         result["layers"][layer] = row
     return result

@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS
-from rcdm_viz.evaluation.oracle import FactorOracle, factor_error, factor_retention, oracle_targets
+from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS, SHAPES
+from rcdm_viz.evaluation.oracle import (
+    FactorOracle,
+    factor_error,
+    factor_retention,
+    oracle_targets,
+    shape_kept,
+)
 
 
 def test_targets_put_every_factor_on_a_comparable_scale():
@@ -23,7 +29,7 @@ def test_targets_put_every_factor_on_a_comparable_scale():
         else:
             torch.testing.assert_close(t[:, 0], torch.tensor([-1.0, 0.0, 1.0]))
     out = FactorOracle(width=4)(torch.rand(2, 3, 16, 16))
-    assert out.shape == (2, sum(2 if n in CIRCULAR else 1 for n in FACTORS))
+    assert out.shape == (2, sum(2 if n in CIRCULAR else 1 for n in FACTORS) + len(SHAPES))  # + shape logits
 
 
 def test_factor_error_of_angles_is_the_squared_chord():
@@ -56,3 +62,18 @@ def test_circular_retention_compares_angles_so_a_hedged_reading_keeps_nothing():
     # The same short readings under a name that is not circular earn half of chance: why angles matter.
     as_is = {"hue": hedged["floor_hue"]}, {"hue": x["floor_hue"]}, {"hue": others["floor_hue"]}
     assert factor_retention(*as_is)["hue"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_shape_kept_counts_the_samples_read_as_the_inputs_class():
+    def probs(*classes: int) -> torch.Tensor:
+        p = torch.full((len(classes), 4), 0.1)
+        p[torch.arange(len(classes)), torch.tensor(classes)] = 0.7
+        return p
+
+    x = probs(2)
+    assert shape_kept(probs(2, 2, 2, 2), x) == 1.0
+    assert shape_kept(probs(2, 0, 2, 3), x) == 0.5
+    assert shape_kept(probs(0, 1, 3, 1), x) == 0.0
+    # the argmax decides, not the confidence: a hesitant reading of the right class still counts
+    hesitant = torch.tensor([[0.3, 0.2, 0.31, 0.19]])
+    assert shape_kept(hesitant, x) == 1.0

@@ -13,7 +13,7 @@ from rcdm_viz.cli import main
 from rcdm_viz.config import Distance, ScoresConfig
 from rcdm_viz.data.sources import load_images
 from rcdm_viz.encoders import load_encoder
-from rcdm_viz.evaluation.oracle import train_oracle
+from rcdm_viz.evaluation.oracle import OracleQuality, train_oracle
 from rcdm_viz.evaluation.probe_run import probe_run
 from rcdm_viz.evaluation.scores import Gallery, encode, resolve_distance, score_image
 from rcdm_viz.runs import RunDir, read_json
@@ -30,13 +30,13 @@ def scenes():
     train = load_images(cfg.data, "train", n=256, progress=False)
     val = load_images(cfg.data, "val", progress=False)
     test = load_images(cfg.data, "test", n=64, progress=False)
-    oracle, r2 = train_oracle(train, val, ScoresConfig(oracle_steps=60, oracle_batch_size=64), progress=False)
-    return val, test, oracle, r2
+    oracle, quality = train_oracle(train, val, ScoresConfig(oracle_steps=60, oracle_batch_size=64))
+    return val, test, oracle, quality.r2
 
 
 def _gallery(encoder, val, oracle) -> Gallery:
     images = val.batch(torch.arange(16, 64))
-    return Gallery(images, encode(encoder, images, ["trunk"]), oracle, oracle.predict(images), {})
+    return Gallery(images, encode(encoder, images, ["trunk"]), oracle, oracle.predict(images), OracleQuality({}, 0.0))
 
 
 def test_perfect_decoder_keeps_every_factor_and_a_random_one_none(tiny_run, scenes):
@@ -56,6 +56,7 @@ def test_perfect_decoder_keeps_every_factor_and_a_random_one_none(tiny_run, scen
         assert row["consistency"] == pytest.approx(1.0, abs=1e-5) and row["retrieval_top1"] == 1.0
         assert row["fidelity"] == pytest.approx(0.0, abs=1e-4)
         assert row["diversity"] == pytest.approx(0.0, abs=1e-4)
+        assert row["shape_kept"] == 1.0 and row["grain"] == pytest.approx(1.0)
     oracle_r2 = scenes[3]
     means = {f: sum(r["factor_retention"][f] for r in random) / len(random) for f in oracle_r2}
     # ~0 up to the noise of 16 inputs x 4 samples, tightest on the factors the brief oracle reads well.
@@ -92,7 +93,7 @@ def test_sample_scores_report_and_notes(tiny_run, tmp_path, capsys):
     trunk = scores["layers"]["trunk"]
     assert {"fidelity", "diversity", "consistency", "retrieval_top1", "factor_retention"} <= set(trunk)
     notes = layer_notes(run)
-    assert notes["trunk"].startswith("acc ") and "cons " in notes["trunk"] and " kept " not in notes["trunk"]
+    assert notes["trunk"].startswith("acc ") and "cons " in notes["trunk"] and "hue kept" not in notes["trunk"]
     # the factors the SSL views redrew are named with their retention in this image's samples
     notes = layer_notes(run, scores, ["floor_hue", "spot_hue"])
     kept = trunk["factor_retention"]
