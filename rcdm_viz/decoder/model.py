@@ -104,8 +104,9 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
     that other decoders start from (``rcdm_viz.decoder.warm_start``).  ``unet_config`` builds the UNet
     from a given ``UNet2DModel`` config instead of the ADM shape; ``warm_start`` records what the weights
     started from (``{"source": ..., "sha256": ...}``).  ``encoder_fingerprint`` records which encoder
-    produced the training representations; ``num_train_timesteps`` / ``beta_schedule`` / ``prediction_type`` record the noise schedule it was
-    trained with, so that a saved decoder samples correctly on its own (``noise_scheduler()``).
+    produced the training representations; ``num_train_timesteps`` / ``beta_schedule`` /
+    ``prediction_type`` record the noise schedule it was trained with, so that a saved decoder samples
+    correctly on its own (``noise_scheduler()``).
     With ``binarize`` the decoder sees only 1[x > 0] of every representation (E/N §4.3, Figure 9), applied
     in ``condition``: callers pass raw representations and get what the decoder was trained on.
     """

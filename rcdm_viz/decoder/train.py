@@ -249,7 +249,8 @@ def _train_locked(
     else:
         with accelerator.main_process_first():  # one process writes the feature cache, the others read it
             images, feats = training_data(cfg, encoder, layers, run, progress and main)
-        dims, fingerprint, n_images = {n: feats[n].shape[1] for n in layers}, encoder.fingerprint(), len(images)
+        dims = {n: feats[n].shape[1] for n in layers}
+        fingerprint, n_images = encoder.fingerprint(), len(images)
 
         def batches(step_fn: DecoderStep, step: int) -> Batch:
             return training_batch(step_fn, images, feats, step)

@@ -60,7 +60,8 @@ def _model_dir(path: Path) -> Path:
     if (path / "unet" / "config.json").is_file():
         return path / "unet"
     decoders = path / "decoders"
-    found = sorted(p.name for p in decoders.iterdir() if (p / "config.json").is_file()) if decoders.is_dir() else []
+    found = sorted(p.name for p in decoders.iterdir() if (p / "config.json").is_file()) \
+        if decoders.is_dir() else []
     for name in _PREFERRED:
         if name in found:
             return decoders / name
@@ -95,7 +96,8 @@ def resolve_init(value: str) -> InitSource | None:
         raise RcdmVizError(f"decoder.init_from: cannot read {root / 'config.json'} ({exc})") from None
     kind = config.get("_class_name") if isinstance(config, dict) else None
     if kind not in (RCDMDecoder.__name__, "UNet2DModel"):
-        raise RcdmVizError(f"decoder.init_from: {str(root)!r} holds a {kind!r}, not an RCDMDecoder or UNet2DModel")
+        raise RcdmVizError(f"decoder.init_from: {str(root)!r} holds a {kind!r}, "
+                           "not an RCDMDecoder or UNet2DModel")
     return InitSource(value, root, digest, config, plain_unet=kind == "UNet2DModel")
 
 
@@ -127,7 +129,8 @@ def build_warm_decoder(
     if unet_config is None:
         diff = _first_difference(_arch_of(dec), source.config)
     else:
-        diff = _first_difference({"resolution": dec.resolution}, {"resolution": unet_config.get("sample_size")})
+        size = unet_config.get("sample_size")
+        diff = _first_difference({"resolution": dec.resolution}, {"resolution": size})
     if diff:
         raise RcdmVizError(f"decoder.init_from {source.label!r} does not fit: {diff}")
     decoder = RCDMDecoder.from_decoder_config(dec, layer_dims, fingerprint, unet_config=unet_config)

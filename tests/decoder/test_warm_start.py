@@ -61,7 +61,8 @@ def test_a_mismatched_architecture_is_one_line_naming_the_field(tmp_path):
     with pytest.raises(RcdmVizError, match=r"decoder.block_out_channels is \[16, 32\] here but \[16, 16\]"):
         build_warm_decoder(_dec_cfg("decoder.block_out_channels=[16,32]"), {"trunk": 5}, None, source)
     with pytest.raises(RcdmVizError, match="decoder.prediction_type is \"v_prediction\" here"):
-        build_warm_decoder(tiny_config("decoder.prediction_type=v_prediction").decoder, {"t": 5}, None, source)
+        v_pred = tiny_config("decoder.prediction_type=v_prediction").decoder
+        build_warm_decoder(v_pred, {"t": 5}, None, source)
     for bad, message in [("nowhere", "neither a shipped prior"), (str(tmp_path), "no decoder, run or UNet")]:
         with pytest.raises(RcdmVizError, match=message):
             resolve_init(bad)
@@ -95,7 +96,8 @@ def test_prior_training_then_a_bit_exact_warm_resume(tiny_run, tmp_path):
     assert prior.is_prior and (prior_run.decoder("prior") / "progress" / "step-0000002.png").is_file()
     losses = [r["loss"] for r in read_metrics(prior_run.decoder("prior") / "metrics.jsonl")]
     assert len(losses) == 3 and all(v > 0 for v in losses)
-    warm = tiny_config("decoder.checkpoint_every=3", "decoder.sample_every=0", f"decoder.init_from={prior_run.root}")
+    warm = tiny_config("decoder.checkpoint_every=3", "decoder.sample_every=0",
+                       f"decoder.init_from={prior_run.root}")
     straight = run_with_encoder(tiny_run, tmp_path, "straight")
     train_decoder(warm, straight, "all", progress=False)
     resumed = run_with_encoder(tiny_run, tmp_path, "resumed")

@@ -36,7 +36,8 @@ def scenes():
 
 def _gallery(encoder, val, oracle) -> Gallery:
     images = val.batch(torch.arange(16, 64))
-    return Gallery(images, encode(encoder, images, ["trunk"]), oracle, oracle.predict(images), OracleQuality({}, 0.0))
+    feats = encode(encoder, images, ["trunk"])
+    return Gallery(images, feats, oracle, oracle.predict(images), OracleQuality({}, 0.0))
 
 
 def test_perfect_decoder_keeps_every_factor_and_a_random_one_none(tiny_run, scenes):
@@ -93,7 +94,8 @@ def test_sample_scores_report_and_notes(tiny_run, tmp_path, capsys):
     trunk = scores["layers"]["trunk"]
     assert {"fidelity", "diversity", "consistency", "retrieval_top1", "factor_retention"} <= set(trunk)
     notes = layer_notes(run)
-    assert notes["trunk"].startswith("acc ") and "cons " in notes["trunk"] and "hue kept" not in notes["trunk"]
+    trunk_note = notes["trunk"]
+    assert trunk_note.startswith("acc ") and "cons " in trunk_note and "hue kept" not in trunk_note
     # the factors the SSL views redrew are named with their retention in this image's samples
     notes = layer_notes(run, scores, ["floor_hue", "spot_hue"])
     kept = trunk["factor_retention"]
