@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
     s.add_argument("--interpolate", type=int, metavar="K", help="decode K interpolations between 2 images")
     s.add_argument("--scores", action="store_true", help="also score the samples (samples/<id>/scores.json)")
+    s.add_argument("--runs", nargs="+", metavar="DIR",
+                   help="one grid whose rows are the layers of each run, in order (e.g. one encoder at "
+                        "successive SSL epochs); written to --out")
+    s.add_argument("--out", default="runs/compare/samples",
+                   help="where --runs writes its grids (default: %(default)s)")
     r = sub.add_parser("report", help="per-layer tables and plots of a run, or across runs with --runs")
     _common(r)
     r.add_argument("--runs", nargs="+", metavar="DIR", help="compare run directories, e.g. runs/en-width-*")
@@ -174,9 +179,15 @@ def run_command(args: argparse.Namespace) -> int:
         train_decoder(cfg, run, args.layer, resume=args.resume, progress=progress)
         print(f"decoder saved to {run.decoder(args.layer)}")
     elif args.command == "sample":
-        from rcdm_viz.sample_run import sample_images  # deferred: start-up cost
+        from rcdm_viz.sample_run import sample_across_runs, sample_images  # deferred: start-up cost
 
-        grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+        if args.runs and (args.scores or args.interpolate is not None):
+            raise RcdmVizError("--runs draws plain grids; --scores and --interpolate work on one --run")
+        if args.runs:
+            runs = [RunDir(Path(d)) for d in args.runs]
+            grids = sample_across_runs(cfg, runs, args.images, args.layers, Path(args.out), progress)
+        else:
+            grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
         print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)

@@ -255,3 +255,35 @@ def sample_images(
         notes = layer_notes(run, result, cfg.views.redraw_factors)
         paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample))
     return paths
+
+
+def sample_across_runs(
+    cfg: Config, runs: Sequence[RunDir], images: Sequence[str], layers: str, out: Path, progress: bool = False
+) -> list[Path]:
+    """``rcdm-viz sample --runs``: one grid per image whose rows are each of ``layers`` in each run, in the
+    order given (e.g. runs of one encoder at successive SSL epochs, or different encoders), labelled
+    "<run> <layer>" with the run's probe accuracy; written to ``out/<image-id>/``. The samples of every row
+    use the same settings and seeds (``cfg.sample``), so rows differ only by what the runs' layers hold."""
+    if not runs:
+        raise RcdmVizError("--runs needs at least one run directory")
+    inputs = [(path, read_image(path)) for path in images]
+    rows_of: list[dict[str, Tensor]] = [{} for _ in inputs]
+    notes: dict[str, str] = {}
+    for run in runs:
+        encoder = load_encoder(run.require_encoder())
+        decoders = load_decoders(run, encoder.select_layers(layers), encoder)
+        run_notes = layer_notes(run)
+        for rows, (_, image) in zip(rows_of, inputs, strict=True):
+            for layer, samples in sample_layers(encoder, decoders, image, cfg.sample, progress).items():
+                label = f"{run.root.name} {layer}"
+                if label in rows:
+                    raise RcdmVizError(f"two runs named {run.root.name!r}: give the runs distinct names")
+                rows[label] = samples
+                notes[label] = run_notes.get(layer, "")
+    sizes = {s.shape[-1] for s in rows_of[0].values()}
+    if len(sizes) > 1:
+        raise RcdmVizError(f"the runs' decoders draw different sizes ({sorted(sizes)} px); "
+                           "compare runs of one size")
+    ids = image_ids([p for p, _ in inputs])
+    return [write_sample_dir(out / ident, image, rows, notes, cfg.sample)
+            for ident, (_, image), rows in zip(ids, inputs, rows_of, strict=True)]

@@ -10,7 +10,7 @@ from PIL import Image
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json
-from rcdm_viz.sample_run import load_decoders, sample_images
+from rcdm_viz.sample_run import load_decoders, sample_across_runs, sample_images
 
 
 @pytest.fixture()
@@ -79,3 +79,22 @@ def test_inputs_sharing_a_name_get_distinct_sample_ids(run_copy, tmp_path):
     ids = ("good_png", "good_jpg")
     first, second = (Image.open(run.samples(i) / "input.png").getpixel((0, 0)) for i in ids)
     assert first != second  # neither overwrote the other
+
+
+def test_sample_across_runs_puts_each_runs_layer_in_one_grid_in_order(run_copy, tmp_path):
+    cfg, run = run_copy
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (20, 20), (30, 160, 40)).save(image)
+    later = RunDir(tmp_path / "epoch-9")
+    shutil.copytree(run.root, later.root)
+    alone = sample_images(cfg, run, [str(image)], "trunk")[0].parent / "trunk.png"
+    grids = sample_across_runs(cfg, [run, later], [str(image)], "trunk", tmp_path / "compare")
+    assert grids == [tmp_path / "compare" / "scene" / "grid.png"]
+    meta = read_json(tmp_path / "compare" / "scene" / "meta.json")
+    assert meta["layers"] == ["run trunk", "epoch-9 trunk"]
+    # same settings and seeds as sampling one run: each row is that run's own strip
+    strip = (tmp_path / "compare" / "scene" / "run trunk.png").read_bytes()
+    assert strip == alone.read_bytes()
+    assert (tmp_path / "compare" / "scene" / "epoch-9 trunk.png").read_bytes() == strip  # same weights
+    with pytest.raises(RcdmVizError, match="two runs named 'run'"):
+        sample_across_runs(cfg, [run, run], [str(image)], "trunk", tmp_path / "again")
