@@ -13,6 +13,7 @@ from typing import Any
 
 from rcdm_viz.config import Config
 from rcdm_viz.decoder.train import train_decoder
+from rcdm_viz.decoder.warm_start import NO_INIT
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.encoders.zoo import SOURCE_FILE
 from rcdm_viz.evaluation.gather import decoder_scores
@@ -77,6 +78,8 @@ def quickstart(
     # than a per-layer decoder trained for 1/K of the steps would.
     for name in [ALL_LAYERS] if cfg.quickstart.shared_decoder else layers:
         with _stage(timings, f"train decoder {name}", say):
+            start = cfg.decoder.init_from
+            say(f"   its UNet starts from {'scratch (RCDM)' if start == NO_INIT else start}")
             train_decoder(cfg, run, name, progress=progress)
     with _stage(timings, "sample grids", say):
         grids = sample_heldout(cfg, run, layers, progress=False)
