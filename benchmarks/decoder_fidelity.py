@@ -9,7 +9,7 @@ another scene) per factor, at the trunk, for the factors the oracle itself reads
 
 - RCDM's recipe, as far as this small UNet allows: epsilon prediction, plain MSE, AdamW lr 1e-4 without
   warm-up, uniform timesteps, EMA 0.9999, plain conditional sampling (guidance 1).
-- rcdm-viz's recipe: the ``decoder`` and ``sample`` sections of ``configs/quickstart.yaml``.
+- rcdm-viz's recipe: the ``decoder`` and ``sample`` sections of ``rcdm_viz/presets/quickstart.yaml``.
 
 Ends with ``ratio: X`` = mean retention of ours / mean retention of RCDM's (goal X >= 1.5).
 

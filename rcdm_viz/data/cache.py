@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rcdm_viz.data.folder import Skipped, decode_many, index_folder, split_dir
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 from rcdm_viz.runs import atomic_write, read_json, write_json
 
 FORMAT = "rcdm_viz.cache/1"

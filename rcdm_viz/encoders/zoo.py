@@ -1,4 +1,4 @@
-"""Public encoder checkpoints: the registry in ``pretrained_encoders/`` and one adapter onto ``Encoder``.
+"""Public encoder checkpoints: the registry (``rcdm_viz/pretrained_encoders/``) and one adapter onto ``Encoder``.
 
 Each registry file (YAML, one per model) names the architecture, the projector layout, the input size and
 normalisation, where users obtain the file, the hash its publisher states (if any), and the checkpoint's key
@@ -20,6 +20,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json, write_json
 from rcdm_viz.weights import get_package, load_weights
 
-REGISTRY_DIR = Path(__file__).resolve().parents[2] / "pretrained_encoders"
+REGISTRY_DIR = Path(str(resources.files("rcdm_viz").joinpath("pretrained_encoders")))  # package data
 WEIGHTS_ENV = "RCDM_VIZ_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("~/.cache/rcdm-viz/weights")
 SOURCE_FILE = "source.json"  # provenance of an imported encoder, next to the bundle
@@ -46,7 +47,7 @@ _DDP_PREFIX = "module."
 
 @dataclass(frozen=True)
 class PublicEncoder:
-    """One registry entry (see ``pretrained_encoders/*.yaml`` for the meaning of each field)."""
+    """One registry entry (see ``rcdm_viz/pretrained_encoders/*.yaml`` for the meaning of each field)."""
 
     name: str
     description: str
