@@ -159,7 +159,6 @@ def run_command(args: argparse.Namespace) -> int:
         print(registry_table())
         return 0
     if args.command == "weights":
-        _progress(args)
         return _weights(args.which)
     if args.command == "quickstart":
         args.preset = args.preset or ["quickstart-imagenet" if args.encoder else "quickstart"]
@@ -206,7 +205,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 def _progress(args: argparse.Namespace) -> bool:
     """Bars (or plain progress lines off a terminal) unless --no-progress or --quiet."""
-    set_quiet(args.quiet)
     return not (args.no_progress or args.quiet)
 
 
@@ -261,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     # Line-buffered stdout: stage lines reach a file or pipe in order with progress lines on stderr.
     sys.stdout.reconfigure(line_buffering=True)
     retain_freed_memory()  # heap policy for eager CPU torch (see rcdm_viz/allocator.py)
+    set_quiet(args.quiet)
     try:
         return run_command(args)
     except RcdmVizError as exc:
@@ -275,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         where = exc.filename or "writing"
         print(f"rcdm-viz: error: disk full ({where}); free some space and retry", file=sys.stderr)
         return 2
+    finally:
+        set_quiet(False)  # main() called in-process (tests) leaves no state behind
 
 
 if __name__ == "__main__":

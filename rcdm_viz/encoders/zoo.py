@@ -1,4 +1,4 @@
-"""Public encoder checkpoints: the registry (``rcdm_viz/pretrained_encoders/``) and one adapter onto ``Encoder``.
+"""Public encoder checkpoints: the registry (``rcdm_viz/pretrained_encoders/``), one adapter onto ``Encoder``.
 
 Each registry file (YAML, one per model) names the architecture, the projector layout, the input size and
 normalisation, where users obtain the file, the hash its publisher states (if any), and the checkpoint's key
