@@ -36,7 +36,8 @@ def test_every_subcommand_has_a_summary_in_help_and_its_own(capsys):
     assert set(summaries) == set(sub.choices)
     for name, sub_parser in sub.choices.items():
         assert summaries[name] and "\n" not in summaries[name], name
-        assert sub_parser.description and sub_parser.description.lower().startswith(summaries[name][:10].lower())
+        description = (sub_parser.description or "").lower()
+        assert description.startswith(summaries[name][:10].lower()), name
         options = {o for a in sub_parser._actions for o in a.option_strings}
         assert {"--quiet", "--no-progress"} <= options, name
 
