@@ -47,7 +47,8 @@ def _sub(sub: argparse._SubParsersAction, name: str, summary: str) -> argparse.A
 
 
 def _public_encoder_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", help="public encoder from the registry (see `rcdm-viz encoders`)")
+    p.add_argument("--encoder", help="public encoder from the registry (see `rcdm-viz encoders`) or a "
+                                     "registry file of your own (FILE.yaml)")
     p.add_argument("--weights", help="its checkpoint file, imported once into the run's encoder/")
 
 

@@ -160,7 +160,12 @@ def load_registry(directory: str | os.PathLike[str] = REGISTRY_DIR) -> dict[str,
 
 
 def get_public_encoder(name: str, directory: str | os.PathLike[str] = REGISTRY_DIR) -> PublicEncoder:
-    """The registry entry called ``name``; a one-line error listing the known names otherwise."""
+    """The registry entry called ``name``, or the user's own registry file when ``name`` is a YAML path;
+    a one-line error listing the known names otherwise."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        if not Path(name).is_file():
+            raise RcdmVizError(f"encoder registry file '{name}' does not exist")
+        return _parse_entry(Path(name))
     registry = load_registry(directory)
     if name not in registry:
         raise RcdmVizError(f"unknown public encoder {name!r}; known: {', '.join(registry)}")
