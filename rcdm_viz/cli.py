@@ -52,6 +52,21 @@ def _public_encoder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="its checkpoint file, imported once into the run's encoder/")
 
 
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    s = _sub(sub, "sample", "per-layer sample grids for images")
+    _common(s)
+    _public_encoder_options(s)
+    s.add_argument("images", nargs="+", help="image files")
+    s.add_argument("--layers", default="all", help="'all' or a comma list, e.g. trunk,head2")
+    s.add_argument("--n", type=int, help="samples per layer")
+    s.add_argument("--seed", type=int, help="sampling seed")
+    s.add_argument("--steps", type=int, help="sampling steps")
+    s.add_argument("--sampler", choices=[m.value for m in SamplerName], help="diffusion sampler")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    s.add_argument("--interpolate", type=int, metavar="K", help="decode K interpolations between 2 images")
+    s.add_argument("--scores", action="store_true", help="also score the samples (samples/<id>/scores.json)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -79,18 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--init-from", metavar="SOURCE",
                    help="start the UNet from a shipped prior (scene-prior), a decoder, run or UNet2DModel "
                         "directory, or 'none' (= --set decoder.init_from=SOURCE)")
-    s = _sub(sub, "sample", "per-layer sample grids for images")
-    _common(s)
-    _public_encoder_options(s)
-    s.add_argument("images", nargs="+", help="image files")
-    s.add_argument("--layers", default="all", help="'all' or a comma list, e.g. trunk,head2")
-    s.add_argument("--n", type=int, help="samples per layer")
-    s.add_argument("--seed", type=int, help="sampling seed")
-    s.add_argument("--steps", type=int, help="sampling steps")
-    s.add_argument("--sampler", choices=[m.value for m in SamplerName], help="diffusion sampler")
-    s.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
-    s.add_argument("--interpolate", type=int, metavar="K", help="decode K interpolations between 2 images")
-    s.add_argument("--scores", action="store_true", help="also score the samples (samples/<id>/scores.json)")
+    _sample_parser(sub)
     r = _sub(sub, "report", "per-layer tables and plots of a run, or across runs with --runs")
     _common(r)
     r.add_argument("--runs", nargs="+", metavar="DIR", help="compare run directories, e.g. runs/en-width-*")
@@ -149,20 +153,8 @@ def run_command(args: argparse.Namespace) -> int:
     Each command imports its modules when it runs (``# deferred: start-up cost``): `--help`, argument
     errors and `app` answer without loading torch, diffusers and matplotlib.
     """
-    if args.command == "presets":
-        print(presets_table())
-        return 0
-    if args.command == "app":
-        return _app(args.runs, args.headless, args.port, args.address)
-    if args.command == "cache":
-        return _cache(args)
-    if args.command == "encoders":
-        from rcdm_viz.encoders.zoo import registry_table  # deferred: start-up cost
-
-        print(registry_table())
-        return 0
-    if args.command == "weights":
-        return _weights(args.which)
+    if args.command in ("presets", "app", "cache", "encoders", "weights"):
+        return _run_free_command(args)
     if args.command == "quickstart":
         args.preset = args.preset or ["quickstart-imagenet" if args.encoder else "quickstart"]
         args.run = args.run or ("runs/quickstart" + (f"-{args.encoder}" if args.encoder else ""))
@@ -205,6 +197,23 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "report":
         _report(run, args.runs, args.out)
     return 0
+
+
+def _run_free_command(args: argparse.Namespace) -> int:
+    """The commands that need no run directory and no config."""
+    if args.command == "presets":
+        print(presets_table())
+        return 0
+    if args.command == "app":
+        return _app(args.runs, args.headless, args.port, args.address)
+    if args.command == "cache":
+        return _cache(args)
+    if args.command == "encoders":
+        from rcdm_viz.encoders.zoo import registry_table  # deferred: start-up cost
+
+        print(registry_table())
+        return 0
+    return _weights(args.which)
 
 
 def _check_flags(args: argparse.Namespace) -> None:
