@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import os
 import sys
 from importlib import resources
@@ -70,7 +71,8 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="rcdm-viz", description="What does each layer of an SSL encoder keep?"
+        prog="rcdm-viz", description="What does each layer of an SSL encoder keep?",
+        epilog="`rcdm-viz presets` lists the shipped presets; `rcdm-viz COMMAND --help` a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -281,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
     # Line-buffered stdout: stage lines reach a file or pipe in order with progress lines on stderr.
-    sys.stdout.reconfigure(line_buffering=True)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     retain_freed_memory()  # heap policy for eager CPU torch (see rcdm_viz/allocator.py)
     set_quiet(args.quiet)
     try:
