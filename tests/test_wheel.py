@@ -53,6 +53,13 @@ def _fresh_venv(tmp: Path, wheel: Path) -> Path:
     return venv
 
 
+@pytest.fixture
+def tmp_path(tmp_path):
+    """pytest keeps the last runs' temporary directories; the built tree and venv need not outlive it."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_the_wheel_works_from_an_empty_directory(tmp_path):
     wheel = _build_wheel(tmp_path)
