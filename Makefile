@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-imagenet weights test lint bench clean
+.PHONY: demo demo-imagenet weights test lint bench dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +41,9 @@ lint: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b --quick || exit 1; done
 
+# The sdist and the wheel (presets, encoder registry, app and priors inside) into dist/: README, "Install".
+dist: $(VENV)/.installed-dev
+	$(BIN)/python -m build
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs dist build .pytest_cache .ruff_cache

@@ -1,8 +1,8 @@
 """Every default of rcdm-viz, in one typed place.
 
 Defaults follow the papers (E/N = Expand or Narrow, GR = Guillotine Regularization, RCDM = Bordes et al.
-2022). YAML presets in ``configs/`` hold only differences from these; ``--set a.b=c`` overrides a single
-field. Unknown keys and values of the wrong type are errors that name the key.
+2022). YAML presets in ``rcdm_viz/presets/`` hold only differences from these; an override ``a.b=c``
+changes a single field. Unknown keys and values of the wrong type are errors that name the key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ __all__ = [  # the choices live in rcdm_viz.choices; importing them from here ke
     "ProbeSolver", "SamplerName", "parse_enum",
 ]
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Package data, found through importlib.resources so that every install (editable or a wheel) has them.
+PRESETS_DIR = Path(str(resources.files("rcdm_viz").joinpath("presets")))
 
 Rule = tuple[Callable[[Any], bool], str]  # (is the value valid, what a valid value is)
 
@@ -337,6 +339,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     scores: ScoresConfig = field(default_factory=ScoresConfig)
     quickstart: QuickstartConfig = field(default_factory=QuickstartConfig)
+    presets: tuple[str, ...] = ()  # the presets merged into this config, in order (a record, not a setting)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,8 +347,25 @@ class Config:
 
 
 def available_presets() -> list[str]:
-    """Names of the YAML presets shipped in ``configs/``."""
+    """Names of the YAML presets shipped in ``rcdm_viz/presets/``."""
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_summary(path: Path) -> str:
+    """A preset's first comment line: its one-sentence summary."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def presets_table() -> str:
+    """Every shipped preset with its summary, one a line."""
+    names = available_presets()
+    width = max(map(len, names), default=0)
+    return "\n".join(f"{name:<{width}}  {preset_summary(PRESETS_DIR / f'{name}.yaml')}" for name in names)
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -409,12 +429,12 @@ def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
 def parse_override(text: str) -> dict[str, Any]:
     """Turn ``"a.b=c"`` into ``{"a": {"b": <yaml value of c>}}``."""
     if "=" not in text:
-        raise RcdmVizError(f"--set expects key=value, got '{text}'")
+        raise RcdmVizError(f"an override is key=value, got '{text}'")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
-        raise RcdmVizError(f"--set {key.strip()}: cannot parse the value {raw!r}") from None
+        raise RcdmVizError(f"override {key.strip()}: cannot parse the value {raw!r}") from None
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -466,12 +486,17 @@ def preset_path(name: str) -> Path:
 
 
 def load_config(
-    preset: str | None = None, overrides: list[str] | None = None, base: Config | None = None
+    preset: str | list[str] | None = None, overrides: list[str] | None = None, base: Config | None = None
 ) -> Config:
-    """Defaults (or ``base``) <- preset (name in configs/ or a YAML path) <- ``--set`` overrides."""
+    """Defaults (or ``base``) <- presets, merged left to right (names in rcdm_viz/presets/ or YAML paths)
+    <- overrides ("a.b=c"); ``Config.presets`` records the presets merged."""
     cfg = base if base is not None else Config()
-    if preset:
-        cfg = _merge(cfg, _read_yaml(preset_path(preset)))
+    for name in [preset] if isinstance(preset, str) else preset or []:
+        data = _read_yaml(preset_path(name))
+        if "presets" in data:
+            raise RcdmVizError(f"preset '{name}': 'presets' is a record of the presets merged, not a setting")
+        cfg = _merge(cfg, data)
+        cfg = dataclasses.replace(cfg, presets=(*cfg.presets, name))
     for text in overrides or []:
         cfg = _merge(cfg, parse_override(text))
     return cfg

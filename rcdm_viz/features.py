@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import Encoder
+from rcdm_viz.progress import tqdm
 
 # ------------------------------------------------------------------------------------------ encoding
 

@@ -277,7 +277,7 @@ def record_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
         if not isinstance(existing, dict):
             raise RcdmVizError(f"'{run.config}' must hold a mapping")
     full = to_dict(cfg)
-    for name in sections:
+    for name in dict.fromkeys((*sections, "presets")):  # every step records the presets its config merged
         existing[name] = full[name]
     atomic_write_text(run.config, yaml.safe_dump(existing, sort_keys=False))
 

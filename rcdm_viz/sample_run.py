@@ -139,7 +139,7 @@ def interpolate_layers(
     image_a, image_b: [3,H,W] in [0,1].  Returns layer -> [n, columns, 3, h, w].
     """
     if columns < 2:
-        raise RcdmVizError(f"--interpolate needs at least 2 columns, got {columns}")
+        raise RcdmVizError(f"an interpolation needs at least 2 columns, got {columns}")
     res = encoder.config["resolution"]
     reps = encoder(torch.stack([fit(image_a, res), fit(image_b, res)]), layers=list(decoders))
     alpha = torch.linspace(0, 1, columns).unsqueeze(1)
@@ -232,7 +232,7 @@ def sample_images(
     """``rcdm-viz sample``: the layer grid of every image file (with ``scores``, scores.json too), or with
     ``interpolate`` K the interpolation grid between exactly two images; returns the grids' paths."""
     if interpolate is not None and len(images) != 2:
-        raise RcdmVizError(f"--interpolate needs exactly 2 images, got {len(images)}")
+        raise RcdmVizError(f"an interpolation needs exactly 2 images, got {len(images)}")
     inputs = [(path, read_image(path)) for path in images]  # all unreadable files fail before sampling
     encoder = load_encoder(run.require_encoder())
     decoders = load_decoders(run, encoder.select_layers(layers), encoder)
@@ -265,7 +265,7 @@ def sample_across_runs(
     "<run> <layer>" with the run's probe accuracy; written to ``out/<image-id>/``. The samples of every row
     use the same settings and seeds (``cfg.sample``), so rows differ only by what the runs' layers hold."""
     if not runs:
-        raise RcdmVizError("--runs needs at least one run directory")
+        raise RcdmVizError("no runs to compare: name at least one run directory")
     inputs = [(path, read_image(path)) for path in images]
     rows_of: list[dict[str, Tensor]] = [{} for _ in inputs]
     notes: dict[str, str] = {}

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import Precision, flatten
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 from rcdm_viz.runs import MetricsLog, atomic_write_text, writing
 from rcdm_viz.seeding import generator_for
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The papers' trends, reproduced small (docs/RESULTS.md): SimCLR encoders on synthetic scenes at trunk
-# widths D = 512 .. 8192 with the projector held fixed (configs/en-width-*.yaml; E/N Figure 4), and the
-# GR positives presets (configs/gr-positives-*.yaml; GR Figure 6); then every probe on every layer, a
+# widths D = 512 .. 8192 with the projector held fixed (rcdm_viz/presets/en-width-*.yaml; E/N Figure 4), and the
+# GR positives presets (rcdm_viz/presets/gr-positives-*.yaml; GR Figure 6); then every probe on every layer, a
 # report per run and one report across runs.
 #
 # Usage: scripts/trends.sh [OUT_DIR]   (default runs/trends; re-running skips encoders already trained)
@@ -32,7 +32,7 @@ train() {  # train NAME PRESET [--set ...]
 
 runs=()
 for d in "${WIDTHS[@]}"; do
-  if [[ -f "configs/en-width-$d.yaml" ]]; then
+  if [[ -f "rcdm_viz/presets/en-width-$d.yaml" ]]; then
     train "en-width-$d" "en-width-$d"
   else  # no preset for this width: the 512 preset with only the width changed
     train "en-width-$d" en-width-512 --set encoder.width="$d"

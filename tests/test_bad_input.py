@@ -106,7 +106,7 @@ CASES = [
     (_sample("--guidance", "inf"), "inf"),
     (_sample("--guidance=-1e30"), "-1e+30"),
     (_sample("--steps", "0"), "sample.steps"),
-    (_sample("--sampler", "euler"), "euler"),
+    (_sample("--set", "sample.sampler=euler"), "euler"),  # --sampler itself: argparse choices (test_cli)
     (["sample", "missing.png"], "missing.png"),
     (["sample", "{f:text.png}"], "text.png"),
     (["sample", "{f:empty.jpg}"], "empty.jpg"),

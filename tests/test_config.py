@@ -89,7 +89,9 @@ def test_record_config_merges_sections(tmp_path):
     record_config(run, load_config(None, ["decoder.steps=9"]), ("decoder",))
     saved = yaml.safe_load(run.config.read_text())
     assert saved["ssl"]["epochs"] == 7 and saved["decoder"]["steps"] == 9
-    assert set(saved) == {"ssl", "decoder"}
+    assert set(saved) == {"ssl", "decoder", "presets"}
+    record_config(run, load_config(["simclr", "quickstart"]), ("decoder",))
+    assert yaml.safe_load(run.config.read_text())["presets"] == ["simclr", "quickstart"]
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

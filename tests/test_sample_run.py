@@ -56,7 +56,7 @@ def test_sample_images_refuses_bad_requests_before_sampling(run_copy, tmp_path):
     cfg, run = run_copy
     good = tmp_path / "a.png"
     Image.new("RGB", (16, 16)).save(good)
-    with pytest.raises(RcdmVizError, match="--interpolate needs exactly 2 images, got 1"):
+    with pytest.raises(RcdmVizError, match="an interpolation needs exactly 2 images, got 1"):
         sample_images(cfg, run, [str(good)], "trunk", interpolate=3)
     with pytest.raises(RcdmVizError, match="image '.*missing.png' does not exist"):
         sample_images(cfg, run, [str(good), str(tmp_path / "missing.png")], "trunk")

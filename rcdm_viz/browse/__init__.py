@@ -1,4 +1,4 @@
-"""Reading run directories for the browser (``app/streamlit_app.py``): all the app shows comes from here.
+"""Reading run directories for the browser (``rcdm_viz/app/streamlit_app.py``): all it shows comes from here.
 
 The app renders; this module finds runs under a runs root, resolves names given in the URL or the sidebar
 without ever leaving that root, and reads what a run holds so far. A run may be half-written (a training

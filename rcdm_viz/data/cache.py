@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from rcdm_viz.data.folder import Skipped, decode_many, index_folder, split_dir
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 from rcdm_viz.runs import atomic_write, read_json, write_json
 
 FORMAT = "rcdm_viz.cache/1"
@@ -56,7 +56,7 @@ def write_cache(
     Returns the meta dict written.
     """
     if resolution < 1:
-        raise RcdmVizError(f"--resolution must be >= 1, got {resolution}")
+        raise RcdmVizError(f"the cache resolution must be >= 1, got {resolution}")
     root, out = Path(data), Path(out)
     split_dir(root, "train")  # existence check with a clear error
     out.mkdir(parents=True, exist_ok=True)

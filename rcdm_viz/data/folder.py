@@ -21,9 +21,9 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
-from tqdm.auto import tqdm
 
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 
 _SHOWN_NAMES = 5  # how many skipped files the warning names
 # The most pixels an input may have: PIL's own decompression-bomb bound (a tiny PNG can claim 12000x12000).

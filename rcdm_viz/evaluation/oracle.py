@@ -16,13 +16,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import Config, ScoresConfig
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS, SHAPES
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.probes import factor_targets, r2_score
+from rcdm_viz.progress import tqdm
 from rcdm_viz.runs import RunDir, atomic_write, atomic_write_text
 
 _FORMAT = "rcdm_viz.oracle/2"  # 2: the shape head

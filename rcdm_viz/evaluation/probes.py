@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from rcdm_viz.config import ProbeConfig, ProbeSolver
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import binarize
+from rcdm_viz.progress import tqdm
 
 # ---------------------------------------------------------------------------------------------- helpers
 

@@ -281,7 +281,7 @@ def plot_accuracy_by_layer(summaries: list[dict], path: Path) -> Path | None:
 def compare_runs(runs: Sequence[RunDir], out: Path) -> dict:
     """Cross-run report into ``out``: runs.csv (one row per run x layer), runs.md, runs.json and plots."""
     if not runs:
-        raise RcdmVizError("report --runs needs at least one run directory")
+        raise RcdmVizError("comparing runs needs at least one run directory")
     summaries = [gather_run(r) for r in runs]
     rows = []
     for s in summaries:

@@ -1,6 +1,6 @@
 """Registry of SSL methods: each declares what it needs and maps the views' embeddings to a loss.
 
-A new method is one pure loss in ``losses.py``, one entry here, one preset in ``configs/`` and one test.
+A new method is one pure loss in ``losses.py``, one entry here, one preset in ``rcdm_viz/presets/``, one test.
 A method declares its needs instead of the training step testing its name:
 
 * ``pairing``: which image view 2 shows (the same image, another image of its class, its neighbour);

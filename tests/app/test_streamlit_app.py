@@ -1,4 +1,4 @@
-"""The Streamlit browser (app/streamlit_app.py) under streamlit's AppTest, and rcdm_viz.browse directly.
+"""The Streamlit browser (rcdm_viz/app/streamlit_app.py) under streamlit's AppTest, and rcdm_viz.browse.
 
 A runs root is built once from the session's tiny run: two trained runs with a sampled grid each (drawn
 with different seeds), a half-written run (metrics only, no encoder), a sample with corrupt PNGs, a
@@ -21,7 +21,7 @@ from rcdm_viz.runs import RunDir
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
-APP = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+APP = Path(__file__).resolve().parents[2] / "rcdm_viz" / "app" / "streamlit_app.py"
 GRID_TEXT = "rows = layers, column 0 = the input"  # the caption under every grid the app shows
 TIMEOUT = 120  # seconds per script run: generous, the machine is shared (first run imports torch)
 

@@ -407,3 +407,13 @@ def test_bad_styled_head_is_named(spec: str) -> None:
     with pytest.raises(RcdmVizError) as info:
         parse_head(spec)
     assert repr(spec) in str(info.value)
+
+
+def test_a_registry_file_of_ones_own_works_by_path(tmp_path: Path) -> None:
+    text = (zoo.REGISTRY_DIR / "vicreg-resnet50.yaml").read_text()
+    mine = tmp_path / "vicreg-resnet50.yaml"  # a registry file is named after its entry
+    mine.write_text(text)
+    assert zoo.get_public_encoder(str(mine)) == zoo.get_public_encoder("vicreg-resnet50")
+    with pytest.raises(RcdmVizError, match="does not exist"):
+        zoo.get_public_encoder(str(tmp_path / "missing.yaml"))
+    assert zoo.REGISTRY_DIR.parent.name == "rcdm_viz"  # package data, found from any directory

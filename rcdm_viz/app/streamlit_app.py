@@ -1,6 +1,6 @@
 """rcdm-viz browser: runs, layer grids, layer tables, run comparison and live sampling.
 
-Start with ``rcdm-viz app [--runs DIR]`` or ``RCDM_VIZ_RUNS=DIR streamlit run app/streamlit_app.py``.
+Start with ``rcdm-viz app [--runs DIR]`` or ``RCDM_VIZ_RUNS=DIR streamlit run rcdm_viz/app/streamlit_app.py``.
 The page only renders: every read of a run directory goes through ``rcdm_viz.browse``, which never leaves
 the runs root. URL query parameters (?run=...&view=...&image=...) are matched against the listed runs and
 images, never used as paths.
