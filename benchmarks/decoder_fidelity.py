@@ -9,8 +9,8 @@ another scene) per factor, at the trunk, for the factors the oracle itself reads
 
 - RCDM's recipe, as far as this small UNet allows: epsilon prediction, plain MSE, AdamW lr 1e-4 without
   warm-up, uniform timesteps, EMA 0.9999, plain conditional sampling (guidance 1).
-- rcdm-viz's recipe from scratch: the ``decoder`` and ``sample`` sections of the quickstart preset (``rcdm_viz/presets/quickstart.yaml``) with
-  ``decoder.init_from=none``.
+- rcdm-viz's recipe from scratch: the ``decoder`` and ``sample`` sections of the quickstart preset
+  (``rcdm_viz/presets/quickstart.yaml``) with ``decoder.init_from=none``.
 - rcdm-viz's recipe warm-started: the quickstart preset as it is (its UNet starts from the shipped scene
   prior, ``decoder.init_from: scene-prior``; the prior's own training time is not counted here, it is
   trained once: docs/RESULTS.md, "A prior that draws the scenes").
