@@ -88,6 +88,10 @@ class RunDir:
         return self.checkpoints(step_name) / "metrics.jsonl"
 
     def samples(self, image_id: str) -> Path:
+        """``samples/<image_id>``; an id that is empty, hidden (``.``, ``..``) or a path is refused, so a
+        sample directory is always one visible folder right under ``samples/``."""
+        if not image_id or image_id.startswith(".") or "/" in image_id or "\\" in image_id:
+            raise RcdmVizError(f"'{image_id[:80]}' is not a sample id (a visible name without '/')")
         return self.root / "samples" / image_id
 
     @property

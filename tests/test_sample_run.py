@@ -79,3 +79,17 @@ def test_inputs_sharing_a_name_get_distinct_sample_ids(run_copy, tmp_path):
     ids = ("good_png", "good_jpg")
     first, second = (Image.open(run.samples(i) / "input.png").getpixel((0, 0)) for i in ids)
     assert first != second  # neither overwrote the other
+
+
+def test_image_ids_name_one_visible_folder_under_samples(tmp_path):
+    """Stems ``..``, ``.`` and ``.png`` would name the run root, samples/ itself or a hidden folder."""
+    from rcdm_viz.decoder.grids import image_id
+
+    assert [image_id(n) for n in ("...png", "..png", ".png", ".hidden.png", "a..b.png")] == [
+        "image", "image", "png", "hidden", "a..b"
+    ]
+    run = RunDir(tmp_path)
+    assert run.samples("ok") == tmp_path / "samples" / "ok"
+    for bad in ("", ".", "..", ".png", "a/b", "../x"):
+        with pytest.raises(RcdmVizError, match="is not a sample id"):
+            run.samples(bad)

@@ -42,8 +42,9 @@ def fit(image: Tensor, resolution: int) -> Tensor:
 
 
 def image_id(path: str | Path) -> str:
-    """A directory-safe id for an input image (its file stem)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "image"
+    """A directory-safe id for an input image (its file stem). Leading dots go: a stem ``..`` or ``.``
+    would name the run or the samples folder itself, and ``.png`` a hidden folder the browser never lists."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).lstrip(".") or "image"
 
 
 def image_ids(paths: list[str | Path]) -> list[str]:
