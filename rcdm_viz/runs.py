@@ -272,6 +272,26 @@ def record_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     config.yaml then holds the resolved config of every step that ran here: each step writes the sections
     it used, keeping what earlier steps wrote for the others.
     """
+    with config_lock(run):
+        _merge_config(run, cfg, sections)
+
+
+@contextmanager
+def config_lock(run: RunDir) -> Iterator[None]:
+    """Hold ``checkpoints/.run.lock`` (a blocking flock) around a read-modify-write of config.yaml: two
+    steps of one run recording at once would otherwise each write back what they read, losing the other's
+    sections."""
+    path = run.root / "checkpoints" / ".run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _merge_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     existing: dict[str, Any] = {}
     if run.config.is_file():
         try:

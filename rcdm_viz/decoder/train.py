@@ -250,6 +250,7 @@ def _train_locked(
         with accelerator.main_process_first():  # one process writes the feature cache, the others read it
             images, feats = training_data(cfg, encoder, layers, run, progress and main)
         dims, fingerprint, n_images = {n: feats[n].shape[1] for n in layers}, encoder.fingerprint(), len(images)
+        check_batch_fits(dec.batch_size, n_images)  # before any checkpoint or record changes
 
         def batches(step_fn: DecoderStep, step: int) -> Batch:
             return training_batch(step_fn, images, feats, step)
@@ -263,7 +264,6 @@ def _train_locked(
     start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
     log = MetricsLog(run.training_metrics(step_name), enabled=main)
     if main:
-        record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
         log.truncate_after(start)
         if start == 0 and init is not None:
             log.log(step=0, warm_start=init.record())
@@ -276,8 +276,15 @@ def _train_locked(
     final = step_fn.ema_decoder()
     if main:
         _save_atomic(final, run, layer, log.path)
+        # recorded with the decoder it describes: a refused or killed training leaves config.yaml alone
+        record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
     accelerator.wait_for_everyone()
     return final
+
+
+def check_batch_fits(batch_size: int, n_images: int) -> None:
+    if batch_size > n_images:
+        raise RcdmVizError(f"decoder.batch_size {batch_size} exceeds the {n_images} training images")
 
 
 Batch = tuple[Tensor, Tensor | None, Tensor | None]  # images in [-1, 1], representations, layer indices
@@ -398,8 +405,6 @@ def _loop(
     identity: dict,
 ) -> None:
     dec = step_fn.cfg
-    if n_images is not None and dec.batch_size > n_images:
-        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {n_images} training images")
     layers = step_fn.layers
     name = ALL_LAYERS if len(layers) > 1 else (layers or [PRIOR_LAYER])[0]
 

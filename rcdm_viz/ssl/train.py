@@ -258,8 +258,6 @@ def _train_locked(
         start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps, [step_fn.scheduler])
     log = MetricsLog(run.training_metrics("encoder"), enabled=main)
     if main:
-        # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
-        record_config(run, cfg, ALL_SECTIONS)
         log.truncate_after(start)
     _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress, identity)
     encoder.eval()
@@ -269,6 +267,9 @@ def _train_locked(
             # the bundle's metrics describe the bundle's model: replaced only once the model is
             if log.path.is_file():
                 atomic_write_bytes(run.encoder_metrics, log.path.read_bytes())
+        # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices;
+        # recorded once the encoder it describes is saved, so a killed training leaves the old record.
+        record_config(run, cfg, ALL_SECTIONS)
     accelerator.wait_for_everyone()
     return encoder
 
