@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +206,22 @@ def step_lock(run: RunDir, step_name: str, enabled: bool = True) -> Iterator[Non
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def sweep_temp(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Remove the temp files (``.<name>.*.tmp``, as ``atomic_write`` names them) that a killed write left
+    in ``folder``; ``names`` limits it to the temps of those files (a folder shared with other steps).
+    Called by the next command of the same step, under its lock, so no live write owns them."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    prefixes = None if names is None else tuple(f".{n}." for n in names)
+    for path in folder.iterdir():
+        name = path.name
+        if not (name.startswith(".") and name.endswith(".tmp")) or path.is_symlink() or not path.is_file():
+            continue
+        if prefixes is None or name.startswith(prefixes):
+            path.unlink(missing_ok=True)
 
 
 def _file_mode() -> int:

@@ -29,7 +29,7 @@ from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
-from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
+from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, sweep_temp, write_json
 
 
 def _check_decoder(decoder: RCDMDecoder, path: Path, layer: str, encoder: Encoder, fingerprint: str) -> None:
@@ -168,6 +168,7 @@ def write_sample_dir(
     out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig
 ) -> Path:
     """Write grid.png, one strip per layer and meta.json into ``out_dir``; returns the grid's path."""
+    sweep_temp(out_dir)  # what a killed sampling of this image left
     res = next(iter(rows.values())).shape[-1]
     shown = fit(image, res)
     grid = sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))

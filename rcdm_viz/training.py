@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate.accelerator as accelerate_accelerator
 import torch
 from accelerate import Accelerator, PartialState
 from tqdm.auto import tqdm
@@ -196,23 +197,24 @@ def load_latest_checkpoint(
 def _load_state_inert(accelerator: Accelerator, path: Path) -> None:
     """``accelerator.load_state`` without its one full unpickler: accelerate loads objects registered for
     checkpointing (EMA, target network) from ``custom_checkpoint_*.pkl`` with ``weights_only=False``,
-    which runs any code a planted file names. Those load here with ``weights_only=True`` (tensors and
-    plain containers only), all of them before any model state changes; accelerate loads the rest with
-    its own ``weights_only`` loads."""
+    which runs any code a planted file names. Those states are read here first with ``weights_only=True``
+    (tensors and plain containers only), and accelerate's loader is swapped, for this call, for one that
+    hands them over without reading the files again; the rest accelerate loads with ``weights_only``."""
     custom = list(getattr(accelerator, "_custom_objects", []))
     states = [
         torch.load(path / f"custom_checkpoint_{index}.pkl", map_location="cpu", weights_only=True)
         for index in range(len(custom))
     ]
-    if custom:
-        accelerator._custom_objects = []
+
+    def hand_over(obj: Any, _path: str, index: int = 0) -> None:
+        obj.load_state_dict(states[index])
+
+    original = accelerate_accelerator.load_custom_state
+    accelerate_accelerator.load_custom_state = hand_over
     try:
         accelerator.load_state(str(path))
     finally:
-        if custom:
-            accelerator._custom_objects = custom
-    for obj, state in zip(custom, states, strict=True):
-        obj.load_state_dict(state)
+        accelerate_accelerator.load_custom_state = original
 
 
 def resume_hint(root: Path) -> str:

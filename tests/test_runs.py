@@ -114,3 +114,20 @@ def test_steps_recording_at_once_lose_no_section(tmp_path, monkeypatch):
         t.join()
     recorded = yaml.safe_load(run.config.read_text())
     assert recorded["ssl"]["seed"] == 19 and recorded["decoder"]["seed"] == 19
+
+
+def test_sweep_temp_removes_only_the_temps_of_killed_writes(tmp_path):
+    from rcdm_viz.runs import sweep_temp
+
+    names = [".model.safetensors.a1.tmp", ".metrics.jsonl.b2.tmp", ".trunk.safetensors.c3.tmp", "keep.tmp",
+             ".hidden", "model.safetensors"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.tmp").mkdir()
+    sweep_temp(tmp_path, ["trunk.safetensors"])
+    assert not (tmp_path / ".trunk.safetensors.c3.tmp").exists()
+    assert (tmp_path / ".metrics.jsonl.b2.tmp").exists()
+    sweep_temp(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".dir.tmp", ".hidden", "keep.tmp", "model.safetensors"]
+    sweep_temp(tmp_path / "missing")  # nothing to sweep is no error

@@ -93,3 +93,19 @@ def test_image_ids_name_one_visible_folder_under_samples(tmp_path):
     for bad in ("", ".", "..", ".png", "a/b", "../x"):
         with pytest.raises(RcdmVizError, match="is not a sample id"):
             run.samples(bad)
+
+
+def test_a_sampling_removes_the_temps_a_killed_sampling_left(tmp_path):
+    import torch
+
+    from rcdm_viz.config import load_config
+    from rcdm_viz.sample_run import write_sample_dir
+
+    out = tmp_path / "samples" / "img"
+    out.mkdir(parents=True)
+    for name in (".grid.png.k1.tmp", ".meta.json.k2.tmp", ".trunk.png.k3.tmp"):
+        (out / name).write_bytes(b"torn")
+    settings = load_config(None, ["sample.n=2"]).sample
+    write_sample_dir(out, torch.rand(3, 16, 16), {"trunk": torch.rand(2, 3, 16, 16)}, {}, settings)
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input.png", "meta.json", "trunk.png"]
+    assert read_json(out / "meta.json")["n"] == 2

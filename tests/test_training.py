@@ -142,7 +142,14 @@ def test_a_resume_runs_no_code_planted_in_a_checkpoint(tmp_path):
     loaded = []
     acc = _fake_accelerator([])
     acc._custom_objects = [ema]
-    acc.load_state = lambda path: loaded.append(path)
+    def load_state(path):  # as accelerate's: each registered object through load_custom_state
+        import accelerate.accelerator
+
+        loaded.append(path)
+        for index, obj in enumerate(acc._custom_objects):
+            accelerate.accelerator.load_custom_state(obj, path, index)
+
+    acc.load_state = load_state
     pending = save_checkpoint(acc, tmp_path, 4, {"a": 1})
     settle_checkpoint(acc, pending, True, 2)
     latest = checkpoint_dirs(tmp_path)[-1]

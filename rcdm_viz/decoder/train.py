@@ -42,6 +42,7 @@ from rcdm_viz.runs import (
     record_config,
     replace_dir,
     step_lock,
+    sweep_temp,
     writing,
 )
 from rcdm_viz.seeding import generator_for
@@ -259,6 +260,8 @@ def _train_locked(
     step_name = f"decoder-{layer}"
     ckpt_root = run.checkpoints(step_name)
     identity = decoder_identity(cfg, layer, fingerprint, init)
+    if main:  # what a killed cache write of these layers left
+        sweep_temp(run.features, [f"{name}.safetensors" for name in layers])
     prepare_checkpoints(accelerator, ckpt_root, resume)
     schedulers = [step_fn.lr_scheduler]
     start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0

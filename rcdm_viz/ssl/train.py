@@ -28,6 +28,7 @@ from rcdm_viz.runs import (
     atomic_write_bytes,
     record_config,
     step_lock,
+    sweep_temp,
     writing,
 )
 from rcdm_viz.seeding import generator_for
@@ -252,6 +253,8 @@ def _train_locked(
                                accelerator.device, run.features / "neighbour-reference")
     factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
+    if main:  # what a killed save of the encoder left
+        sweep_temp(run.encoder)
     prepare_checkpoints(accelerator, ckpt_root, resume)
     start = 0
     if resume:

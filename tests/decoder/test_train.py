@@ -384,3 +384,10 @@ def test_a_refused_batch_size_leaves_the_run_byte_identical(tiny_run, tmp_path, 
     assert "decoder.batch_size 100000 exceeds" in capsys.readouterr().err
     assert _tree(run.root) == before
     assert [p.name for p in checkpoint_dirs(run.checkpoints("decoder-trunk"))] == ["step-000000002"]
+    # a killed cache write left temps: the next training of this layer removes its own, not another's
+    (run.features / ".trunk.safetensors.k1ll.tmp").write_bytes(b"torn")
+    (run.features / ".head1.safetensors.l1ve.tmp").write_bytes(b"another step's")
+    assert main([*_cli_train(run, "decoder.steps=4", "decoder.checkpoint_every=2"), "--resume"]) == 0
+    assert sorted(p.name for p in run.features.iterdir() if p.name.endswith(".tmp")) == [
+        ".head1.safetensors.l1ve.tmp"
+    ]
