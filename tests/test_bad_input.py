@@ -133,6 +133,8 @@ CASES = [
     (_enc("ssl.lr=" + _ALIAS_BOMB), "ssl.lr"),
     (_enc("ssl.seed=" + "9" * 5000), "ssl.seed"),
     (_enc("ssl.epochs=99999999999999999999"), "ssl.epochs"),
+    (_enc("ssl.batch_size=99999999999999999999"), "ssl.batch_size"),
+    (_enc("encoder.head=0-0"), "0-0"),
     (["probe", "--run", "{f:afile}"], "afile"),
     (["app", "--runs", "no-such-root"], "no-such-root"),
 ]

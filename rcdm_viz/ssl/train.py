@@ -19,7 +19,7 @@ from rcdm_viz.config import Config, SSLConfig, to_dict
 from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
-from rcdm_viz.encoders import Encoder
+from rcdm_viz.encoders import Encoder, parse_head
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import (
     ALL_SECTIONS,
@@ -229,6 +229,7 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
     """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` with the metrics of this training;
     returns the encoder (eval). One training per run at a time (a lock naming the holder)."""
     redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
+    parse_head(cfg.encoder.head)  # a bad spec is refused before the lock file is created
     accelerator = make_accelerator(cfg.ssl.precision)
     with step_lock(run, "encoder", enabled=accelerator.is_main_process):
         return _train_locked(cfg, run, redraw, accelerator, resume, progress)
