@@ -44,6 +44,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "deep.yaml": b"ssl: " + b"[" * 5000 + b"]" * 5000 + b"\n",
         "aliasbomb.yaml": b"ssl:\n  lr: " + _ALIAS_BOMB.encode() + b"\n",
         "afile": b"a run directory that is a file\n",
+        # a DDS header whose pixel format flags PIL does not know (NotImplementedError)
+        "flags.dds": b"DDS " + struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+        + struct.pack("<2I", 32, 0x80000000) + bytes(104),
     }
     for name, data in made.items():
         (base / name).write_bytes(data)
@@ -119,6 +122,7 @@ CASES = [
     (["sample", "missing.png"], "missing.png"),
     (["sample", "{f:text.png}"], "text.png"),
     (["sample", "{f:empty.jpg}"], "empty.jpg"),
+    (["sample", "{f:flags.dds}"], "flags.dds"),
     (["sample", "{f:bomb.png}"], "bomb.png"),
     (["train-encoder", "--preset", "nonexistent"], "nonexistent"),
     (["train-encoder", "--preset", "{f:latin1.yaml}"], "latin1.yaml"),

@@ -43,7 +43,8 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
         raise RcdmVizError(f"'{name}' is empty")
     try:
         return pil_to_tensor(open_rgb(io.BytesIO(data), READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+            Image.DecompressionBombError):
         raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
 
 

@@ -27,8 +27,9 @@ def read_image(path: str | Path) -> Tensor:
         raise RcdmVizError(f"image '{path}' does not exist")
     try:
         return pil_to_tensor(open_rgb(path, READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+            Image.DecompressionBombError) as exc:  # NotImplementedError: pixel formats PIL cannot decode
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RcdmVizError(f"cannot read image '{path}': {reason}") from None
 
 
