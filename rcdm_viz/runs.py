@@ -224,6 +224,25 @@ def sweep_temp(folder: Path, names: Iterable[str] | None = None) -> None:
             path.unlink(missing_ok=True)
 
 
+def fill_and_replace_dir(final: Path, fill: Callable[[Path], object]) -> None:
+    """Fill a new folder beside ``final`` (``.<name>.new-*``) and swap it in as a whole (``replace_dir``):
+    a kill leaves the previous folder or the new one, never a mix. Half-filled folders of killed calls
+    are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for left in final.parent.glob(f".{final.name}.new-*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+    new = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.new-"))
+    os.chmod(new, _file_mode() | 0o111 & ~os.umask(os.umask(0)))  # mkdtemp's are owner-only
+    try:
+        fill(new)
+        replace_dir(new, final)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+
+
 def _file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give: 0o666 less the process's umask."""
     umask = os.umask(0)

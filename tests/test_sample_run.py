@@ -109,3 +109,35 @@ def test_a_sampling_removes_the_temps_a_killed_sampling_left(tmp_path):
     write_sample_dir(out, torch.rand(3, 16, 16), {"trunk": torch.rand(2, 3, 16, 16)}, {}, settings)
     assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input.png", "meta.json", "trunk.png"]
     assert read_json(out / "meta.json")["n"] == 2
+
+
+def test_a_sample_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
+    """A sampling stopped while writing leaves the previous folder as it was (meta.json still describes
+    its strips); a folder half-filled by a killed one is removed by the next."""
+    import torch
+
+    import rcdm_viz.sample_run as sr
+    from rcdm_viz.config import load_config
+
+    out = tmp_path / "samples" / "img"
+
+    def write(n):
+        settings = load_config(None, [f"sample.n={n}"]).sample
+        sr.write_sample_dir(out, torch.rand(3, 16, 16), {"trunk": torch.rand(n, 3, 16, 16)}, {}, settings)
+
+    write(2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sr, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write(4)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out.parent / ".img.new-k1ll").mkdir()
+    (out.parent / ".img.new-k1ll" / "trunk.png").write_bytes(b"half")
+    write(4)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["img"]
+    assert read_json(out / "meta.json")["n"] == 4
