@@ -15,7 +15,7 @@ from rcdm_viz import __version__
 from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.choices import SamplerName
 from rcdm_viz.config import Config, config_from_dict, load_config, presets_table, read_config_file
-from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.errors import RcdmVizError, plain_error, short
 from rcdm_viz.progress import say, set_quiet
 from rcdm_viz.runs import RunDir, is_disk_full
 
@@ -301,7 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(args)
     except RcdmVizError as exc:
-        print(f"rcdm-viz: error: {exc}", file=sys.stderr)
+        print(f"rcdm-viz: error: {short(exc, 2000)}", file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError, OverflowError, NotADirectoryError, PermissionError) as exc:
+        print(f"rcdm-viz: error: {plain_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("rcdm-viz: interrupted", file=sys.stderr)

@@ -32,7 +32,7 @@ from rcdm_viz.choices import (
     SamplerName,
     parse_enum,
 )
-from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.errors import RcdmVizError, shown
 
 __all__ = [  # the choices live in rcdm_viz.choices; importing them from here keeps working
     "BetaSchedule", "DataSource", "Distance", "Method", "Optimizer", "Precision", "PredictionType",
@@ -380,37 +380,37 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str | int | float):
             value = [value]
         if not isinstance(value, list | tuple):
-            raise RcdmVizError(f"'{key}' expects a list, got {value!r}")
+            raise RcdmVizError(f"'{key}' expects a list, got {shown(value)}")
         args = typing.get_args(tp)
         item_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(item_types) != len(value):
-            raise RcdmVizError(f"'{key}' expects {len(item_types)} values, got {value!r}")
+            raise RcdmVizError(f"'{key}' expects {len(item_types)} values, got {shown(value)}")
         pairs = enumerate(zip(value, item_types, strict=True))
         return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in pairs)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise RcdmVizError(f"'{key}' expects true/false, got {value!r}")
+        raise RcdmVizError(f"'{key}' expects true/false, got {shown(value)}")
     if tp is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:
             number = float(value)  # PyYAML (YAML 1.1) reads 1e-4 as a string
         except ValueError:
             number = None
         if number is not None and not math.isfinite(number):
-            raise RcdmVizError(f"'{key}' expects a finite number, got {value!r}")
+            raise RcdmVizError(f"'{key}' expects a finite number, got {shown(value)}")
         if number is not None:
             return number
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+    if tp is int and isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
     if tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
-    raise RcdmVizError(f"'{key}' expects {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise RcdmVizError(f"'{key}' expects {getattr(tp, '__name__', tp)}, got {shown(value)}")
 
 
 def _merge(obj: Any, updates: dict[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``obj`` with ``updates`` applied; unknown keys are errors."""
     if not isinstance(updates, dict):
-        raise RcdmVizError(f"'{prefix.rstrip('.') or 'config'}' expects a mapping, got {updates!r}")
+        raise RcdmVizError(f"'{prefix.rstrip('.') or 'config'}' expects a mapping, got {shown(updates)}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     changes = {}
@@ -433,8 +433,8 @@ def parse_override(text: str) -> dict[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise RcdmVizError(f"override {key.strip()}: cannot parse the value {raw!r}") from None
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an int of over 4300 digits
+        raise RcdmVizError(f"override {key.strip()}: cannot parse the value {shown(raw)}") from None
     nested: dict[str, Any] = {}
     node = nested
     parts = key.strip().split(".")
@@ -447,7 +447,7 @@ def parse_override(text: str) -> dict[str, Any]:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:  # UnicodeDecodeError is a ValueError
         raise RcdmVizError(f"cannot read config file '{path}': {unreadable_reason(exc)}") from None
     if not isinstance(data, dict):
         raise RcdmVizError(f"config file '{path}' must hold a mapping")
@@ -460,8 +460,8 @@ def unreadable_reason(exc: BaseException) -> str:
         return "not UTF-8 text"
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         return f"invalid YAML at line {exc.problem_mark.line + 1}: {exc.problem}"
-    if isinstance(exc, yaml.YAMLError):
-        return "invalid YAML"
+    if isinstance(exc, yaml.YAMLError | RecursionError | ValueError):
+        return "invalid YAML" if isinstance(exc, yaml.YAMLError) else "nested too deeply or a number too long"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__

@@ -17,7 +17,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +88,10 @@ class RunDir:
         return self.checkpoints(step_name) / "metrics.jsonl"
 
     def samples(self, image_id: str) -> Path:
+        """``samples/<image_id>``; an id that is empty, hidden (``.``, ``..``) or a path is refused, so a
+        sample directory is always one visible folder right under ``samples/``."""
+        if not image_id or image_id.startswith(".") or "/" in image_id or "\\" in image_id:
+            raise RcdmVizError(f"'{image_id[:80]}' is not a sample id (a visible name without '/')")
         return self.root / "samples" / image_id
 
     @property
@@ -204,6 +208,41 @@ def step_lock(run: RunDir, step_name: str, enabled: bool = True) -> Iterator[Non
         os.close(fd)  # closing releases the flock
 
 
+def sweep_temp(folder: Path, names: Iterable[str] | None = None) -> None:
+    """Remove the temp files (``.<name>.*.tmp``, as ``atomic_write`` names them) that a killed write left
+    in ``folder``; ``names`` limits it to the temps of those files (a folder shared with other steps).
+    Called by the next command of the same step, under its lock, so no live write owns them."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    prefixes = None if names is None else tuple(f".{n}." for n in names)
+    for path in folder.iterdir():
+        name = path.name
+        if not (name.startswith(".") and name.endswith(".tmp")) or path.is_symlink() or not path.is_file():
+            continue
+        if prefixes is None or name.startswith(prefixes):
+            path.unlink(missing_ok=True)
+
+
+def fill_and_replace_dir(final: Path, fill: Callable[[Path], object]) -> None:
+    """Fill a new folder beside ``final`` (``.<name>.new-*``) and swap it in as a whole (``replace_dir``):
+    a kill leaves the previous folder or the new one, never a mix. Half-filled folders of killed calls
+    are removed first."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for left in final.parent.glob(f".{final.name}.new-*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+    new = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.new-"))
+    os.chmod(new, _file_mode() | 0o111 & ~os.umask(os.umask(0)))  # mkdtemp's are owner-only
+    try:
+        fill(new)
+        replace_dir(new, final)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+
+
 def _file_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give: 0o666 less the process's umask."""
     umask = os.umask(0)
@@ -268,6 +307,26 @@ def record_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     config.yaml then holds the resolved config of every step that ran here: each step writes the sections
     it used, keeping what earlier steps wrote for the others.
     """
+    with config_lock(run):
+        _merge_config(run, cfg, sections)
+
+
+@contextmanager
+def config_lock(run: RunDir) -> Iterator[None]:
+    """Hold ``checkpoints/.run.lock`` (a blocking flock) around a read-modify-write of config.yaml: two
+    steps of one run recording at once would otherwise each write back what they read, losing the other's
+    sections."""
+    path = run.root / "checkpoints" / ".run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _merge_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     existing: dict[str, Any] = {}
     if run.config.is_file():
         try:

@@ -29,7 +29,7 @@ from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
-from rcdm_viz.runs import RunDir, atomic_write_bytes, read_json, write_json
+from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, read_json, sweep_temp, write_json
 
 
 def _check_decoder(decoder: RCDMDecoder, path: Path, layer: str, encoder: Encoder, fingerprint: str) -> None:
@@ -167,18 +167,24 @@ def write_interpolation_dir(
 def write_sample_dir(
     out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig
 ) -> Path:
-    """Write grid.png, one strip per layer and meta.json into ``out_dir``; returns the grid's path."""
+    """Write grid.png, one strip per layer and meta.json into ``out_dir``, swapped in as one folder (a
+    killed sampling leaves the previous folder whole); returns the grid's path."""
+    sweep_temp(out_dir)  # what a killed sampling of this image left
     res = next(iter(rows.values())).shape[-1]
     shown = fit(image, res)
     grid = sample_grid(shown, rows, notes=notes, scale=max(1, 128 // res))
-    atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
-    atomic_write_bytes(out_dir / "input.png", png_bytes(tensor_to_pil(shown)))
-    for layer, samples in rows.items():
-        atomic_write_bytes(
-            out_dir / f"{layer}.png",
-            png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
-        )
-    write_json(out_dir / "meta.json", _sampling_meta(rows, cfg, res))
+
+    def fill(new: Path) -> None:
+        atomic_write_bytes(new / "grid.png", png_bytes(grid))
+        atomic_write_bytes(new / "input.png", png_bytes(tensor_to_pil(shown)))
+        for layer, samples in rows.items():
+            atomic_write_bytes(
+                new / f"{layer}.png",
+                png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
+            )
+        write_json(new / "meta.json", _sampling_meta(rows, cfg, res))
+
+    fill_and_replace_dir(out_dir, fill)
     return out_dir / "grid.png"
 
 

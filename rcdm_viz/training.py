@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate.accelerator as accelerate_accelerator
 import torch
 from accelerate import Accelerator, PartialState
 
@@ -168,25 +170,51 @@ def load_latest_checkpoint(
     try:
         state = json.loads((latest / "state.json").read_text())
         step, stored = int(state["step"]), state.get("identity")
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         raise RcdmVizError(f"checkpoint '{latest}' is unreadable; train without --resume") from None
     if stored != identity:
-        ours, theirs = flatten(identity), flatten(stored if isinstance(stored, dict) else {})
+        try:
+            ours, theirs = flatten(identity), flatten(stored if isinstance(stored, dict) else {})
+        except RecursionError:
+            raise RcdmVizError(f"checkpoint '{latest}' is unreadable; train without --resume") from None
         differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
-        raise RcdmVizError(
-            f"checkpoint '{latest}' belongs to another configuration (differs in: {', '.join(differ[:6])}); "
+        raise RcdmVizError(  # every differing field: they are config keys, a short list
+            f"checkpoint '{latest}' belongs to another configuration (differs in: {', '.join(differ)}); "
             "train without --resume to start afresh"
         )
     if step > steps:
         raise RcdmVizError(f"checkpoint '{latest}' is at step {step}, past the {steps} steps configured")
     bases = [list(getattr(sched, "scheduler", sched).base_lrs) for sched in schedulers]
     try:
-        accelerator.load_state(str(latest))
-    except (RuntimeError, ValueError, KeyError, OSError) as exc:
+        _load_state_inert(accelerator, latest)
+    except (RuntimeError, ValueError, KeyError, OSError, pickle.UnpicklingError) as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RcdmVizError(f"cannot resume from '{latest}': {reason}") from None
     _apply_base_lrs(schedulers, bases)
     return step
+
+
+def _load_state_inert(accelerator: Accelerator, path: Path) -> None:
+    """``accelerator.load_state`` without its one full unpickler: accelerate loads objects registered for
+    checkpointing (EMA, target network) from ``custom_checkpoint_*.pkl`` with ``weights_only=False``,
+    which runs any code a planted file names. Those states are read here first with ``weights_only=True``
+    (tensors and plain containers only), and accelerate's loader is swapped, for this call, for one that
+    hands them over without reading the files again; the rest accelerate loads with ``weights_only``."""
+    custom = list(getattr(accelerator, "_custom_objects", []))
+    states = [
+        torch.load(path / f"custom_checkpoint_{index}.pkl", map_location="cpu", weights_only=True)
+        for index in range(len(custom))
+    ]
+
+    def hand_over(obj: Any, _path: str, index: int = 0) -> None:
+        obj.load_state_dict(states[index])
+
+    original = accelerate_accelerator.load_custom_state
+    accelerate_accelerator.load_custom_state = hand_over
+    try:
+        accelerator.load_state(str(path))
+    finally:
+        accelerate_accelerator.load_custom_state = original
 
 
 def resume_hint(root: Path) -> str:

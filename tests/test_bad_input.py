@@ -25,6 +25,12 @@ def bomb_png(path: Path, side: int = 20000) -> Path:
     return path
 
 
+# A YAML flow list whose level i repeats level i - 1 ten times: the last stands for 10^6 strings.
+_ALIAS_BOMB = "[&a lol, " + ", ".join(
+    f"&{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]" for i in range(1, 7)
+) + "]"
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("bad")
@@ -35,6 +41,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "unknown.yaml": b"ssl:\n  nope: 1\n",
         "text.png": b"this is not a png\n",
         "empty.jpg": b"",
+        "deep.yaml": b"ssl: " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "aliasbomb.yaml": b"ssl:\n  lr: " + _ALIAS_BOMB.encode() + b"\n",
+        "afile": b"a run directory that is a file\n",
+        # a DDS header whose pixel format flags PIL does not know (NotImplementedError)
+        "flags.dds": b"DDS " + struct.pack("<7I", 124, 0x1007, 4, 4, 0, 0, 0) + bytes(44)
+        + struct.pack("<2I", 32, 0x80000000) + bytes(104),
     }
     for name, data in made.items():
         (base / name).write_bytes(data)
@@ -110,6 +122,7 @@ CASES = [
     (["sample", "missing.png"], "missing.png"),
     (["sample", "{f:text.png}"], "text.png"),
     (["sample", "{f:empty.jpg}"], "empty.jpg"),
+    (["sample", "{f:flags.dds}"], "flags.dds"),
     (["sample", "{f:bomb.png}"], "bomb.png"),
     (["train-encoder", "--preset", "nonexistent"], "nonexistent"),
     (["train-encoder", "--preset", "{f:latin1.yaml}"], "latin1.yaml"),
@@ -119,6 +132,14 @@ CASES = [
     (["probe", "--run", "{f:badcfg}"], "config.yaml"),
     (["train-decoder", "--layer", "trunk"], "has no encoder"),
     (["report", "--runs", "no-such-run"], "no-such-run"),
+    (["train-encoder", "--preset", "{f:deep.yaml}"], "deep.yaml"),
+    (["train-encoder", "--preset", "{f:aliasbomb.yaml}"], "ssl.lr"),
+    (_enc("ssl.lr=" + _ALIAS_BOMB), "ssl.lr"),
+    (_enc("ssl.seed=" + "9" * 5000), "ssl.seed"),
+    (_enc("ssl.epochs=99999999999999999999"), "ssl.epochs"),
+    (_enc("ssl.batch_size=99999999999999999999"), "ssl.batch_size"),
+    (_enc("encoder.head=0-0"), "0-0"),
+    (["probe", "--run", "{f:afile}"], "afile"),
     (["app", "--runs", "no-such-root"], "no-such-root"),
 ]
 
@@ -134,7 +155,7 @@ def test_bad_input_is_one_line_naming_the_value(argv, named, files, tmp_path, ca
     run = ["--run", str(tmp_path / "run")] if argv[0] not in ("app", "report") and "--run" not in argv else []
     assert main([*argv, *run, "--no-progress"] if argv[0] != "app" else argv) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 2500, err[:2500]
     assert err.startswith("rcdm-viz: error: ") and named in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # validated before anything is written
 

@@ -84,3 +84,50 @@ def test_metrics_log_truncates_on_resume_and_reading_skips_a_torn_last_line(tmp_
     MetricsLog(tmp_path / "other.jsonl", enabled=False).log(step=1)  # not the main process: no file
     assert not (tmp_path / "other.jsonl").exists()
     assert json.loads(log.path.read_text().splitlines()[0]) == {"step": 1, "loss": 1.0}
+
+
+def test_steps_recording_at_once_lose_no_section(tmp_path, monkeypatch):
+    """Two steps of one run merge their sections into config.yaml at once (threads: each opens its own
+    lock, which flock serialises like two processes). A pause between reading and writing back makes
+    every interleaving likely; each section still ends at its writer's last value."""
+    import threading
+    import time
+
+    import yaml
+
+    from rcdm_viz import runs
+    from rcdm_viz.config import load_config
+
+    write_back = runs.atomic_write_text
+    monkeypatch.setattr(runs, "atomic_write_text", lambda *a: (time.sleep(0.002), write_back(*a)))
+    run = RunDir(tmp_path)
+    cfgs = {s: [load_config(None, [f"{s}.seed={i}"]) for i in range(20)] for s in ("ssl", "decoder")}
+
+    def write(section):
+        for cfg in cfgs[section]:
+            runs.record_config(run, cfg, (section,))
+
+    threads = [threading.Thread(target=write, args=(s,)) for s in cfgs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recorded = yaml.safe_load(run.config.read_text())
+    assert recorded["ssl"]["seed"] == 19 and recorded["decoder"]["seed"] == 19
+
+
+def test_sweep_temp_removes_only_the_temps_of_killed_writes(tmp_path):
+    from rcdm_viz.runs import sweep_temp
+
+    names = [".model.safetensors.a1.tmp", ".metrics.jsonl.b2.tmp", ".trunk.safetensors.c3.tmp", "keep.tmp",
+             ".hidden", "model.safetensors"]
+    for name in names:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".dir.tmp").mkdir()
+    sweep_temp(tmp_path, ["trunk.safetensors"])
+    assert not (tmp_path / ".trunk.safetensors.c3.tmp").exists()
+    assert (tmp_path / ".metrics.jsonl.b2.tmp").exists()
+    sweep_temp(tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [".dir.tmp", ".hidden", "keep.tmp", "model.safetensors"]
+    sweep_temp(tmp_path / "missing")  # nothing to sweep is no error

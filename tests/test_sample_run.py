@@ -98,3 +98,65 @@ def test_sample_across_runs_puts_each_runs_layer_in_one_grid_in_order(run_copy, 
     assert (tmp_path / "compare" / "scene" / "epoch-9 trunk.png").read_bytes() == strip  # same weights
     with pytest.raises(RcdmVizError, match="two runs named 'run'"):
         sample_across_runs(cfg, [run, run], [str(image)], "trunk", tmp_path / "again")
+
+
+def test_image_ids_name_one_visible_folder_under_samples(tmp_path):
+    """Stems ``..``, ``.`` and ``.png`` would name the run root, samples/ itself or a hidden folder."""
+    from rcdm_viz.decoder.grids import image_id
+
+    assert [image_id(n) for n in ("...png", "..png", ".png", ".hidden.png", "a..b.png")] == [
+        "image", "image", "png", "hidden", "a..b"
+    ]
+    run = RunDir(tmp_path)
+    assert run.samples("ok") == tmp_path / "samples" / "ok"
+    for bad in ("", ".", "..", ".png", "a/b", "../x"):
+        with pytest.raises(RcdmVizError, match="is not a sample id"):
+            run.samples(bad)
+
+
+def test_a_sampling_removes_the_temps_a_killed_sampling_left(tmp_path):
+    import torch
+
+    from rcdm_viz.config import load_config
+    from rcdm_viz.sample_run import write_sample_dir
+
+    out = tmp_path / "samples" / "img"
+    out.mkdir(parents=True)
+    for name in (".grid.png.k1.tmp", ".meta.json.k2.tmp", ".trunk.png.k3.tmp"):
+        (out / name).write_bytes(b"torn")
+    settings = load_config(None, ["sample.n=2"]).sample
+    write_sample_dir(out, torch.rand(3, 16, 16), {"trunk": torch.rand(2, 3, 16, 16)}, {}, settings)
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "input.png", "meta.json", "trunk.png"]
+    assert read_json(out / "meta.json")["n"] == 2
+
+
+def test_a_sample_folder_is_replaced_as_a_whole(tmp_path, monkeypatch):
+    """A sampling stopped while writing leaves the previous folder as it was (meta.json still describes
+    its strips); a folder half-filled by a killed one is removed by the next."""
+    import torch
+
+    import rcdm_viz.sample_run as sr
+    from rcdm_viz.config import load_config
+
+    out = tmp_path / "samples" / "img"
+
+    def write(n):
+        settings = load_config(None, [f"sample.n={n}"]).sample
+        sr.write_sample_dir(out, torch.rand(3, 16, 16), {"trunk": torch.rand(n, 3, 16, 16)}, {}, settings)
+
+    write(2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def killed(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sr, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write(4)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out.parent / ".img.new-k1ll").mkdir()
+    (out.parent / ".img.new-k1ll" / "trunk.png").write_bytes(b"half")
+    write(4)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["img"]
+    assert read_json(out / "meta.json")["n"] == 4

@@ -123,3 +123,50 @@ def test_a_resume_checks_the_identity_and_the_step(tmp_path):
         load_latest_checkpoint(acc, tmp_path, {"decoder": {"seed": 0, "lr": 1.0}}, 3)
     prepare_checkpoints(acc, tmp_path, resume=False)
     assert load_latest_checkpoint(acc, tmp_path, {}, 10) == 0
+
+
+class _Plant:
+    """Unpickling this calls ``Path.touch`` on a marker: code a checkpoint must never run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_resume_runs_no_code_planted_in_a_checkpoint(tmp_path):
+    """A registered object's state (``custom_checkpoint_0.pkl``) loads without a full unpickler: a pickle
+    that names a callable is a one-line error and its code never runs; a tensor state still loads."""
+    ema = torch.nn.Linear(2, 2)
+    loaded = []
+    acc = _fake_accelerator([])
+    acc._custom_objects = [ema]
+    def load_state(path):  # as accelerate's: each registered object through load_custom_state
+        import accelerate.accelerator
+
+        loaded.append(path)
+        for index, obj in enumerate(acc._custom_objects):
+            accelerate.accelerator.load_custom_state(obj, path, index)
+
+    acc.load_state = load_state
+    pending = save_checkpoint(acc, tmp_path, 4, {"a": 1})
+    settle_checkpoint(acc, pending, True, 2)
+    latest = checkpoint_dirs(tmp_path)[-1]
+    marker = tmp_path / "ran"
+    torch.save({"x": _Plant(marker)}, latest / "custom_checkpoint_0.pkl")
+    with pytest.raises(RcdmVizError, match="^cannot resume from"):
+        load_latest_checkpoint(acc, tmp_path, {"a": 1}, 10)
+    assert not marker.exists() and loaded == [] and acc._custom_objects == [ema]
+    want = {k: torch.full_like(v, 3.0) for k, v in ema.state_dict().items()}
+    torch.save(want, latest / "custom_checkpoint_0.pkl")
+    assert load_latest_checkpoint(acc, tmp_path, {"a": 1}, 10) == 4
+    assert torch.equal(ema.weight, want["weight"])
+    assert loaded == [str(latest)] and acc._custom_objects == [ema]
+
+
+def test_a_resume_names_every_differing_field(tmp_path):
+    acc = _fake_accelerator([])
+    settle_checkpoint(acc, save_checkpoint(acc, tmp_path, 4, {"d": {k: 0 for k in "abcdefgh"}}), True, 2)
+    with pytest.raises(RcdmVizError, match=r"differs in: d.a, d.b, d.c, d.d, d.e, d.f, d.g, d.h\)"):
+        load_latest_checkpoint(acc, tmp_path, {"d": {k: 1 for k in "abcdefgh"}}, 10)

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from rcdm_viz.browse.reading import RunSummary, read_config, run_config
-from rcdm_viz.browse.roots import confined
+from rcdm_viz.browse.roots import confined, refused
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir
@@ -43,7 +43,8 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
         raise RcdmVizError(f"'{name}' is empty")
     try:
         return pil_to_tensor(open_rgb(io.BytesIO(data), READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+            Image.DecompressionBombError):
         raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
 
 
@@ -130,9 +131,14 @@ def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> d
     mean); {} when those files are unreadable."""
     from rcdm_viz.sample_run import layer_notes  # deferred: run views load without torch
 
+    # layer_notes reads probes.json (and, without ``scores``, every scores.json) itself: a symlink there
+    # leading out of the runs root leaves the rows without notes rather than read elsewhere
+    reads = [run.probes, *((run.root / "samples").glob("*/scores.json") if scores is None else ())]
+    if any(refused(run, path, []) for path in reads):
+        return {}
     redrawn = (read_config(run, []).get("views") or {}).get("redraw_factors") or ()
     redrawn = [redrawn] if isinstance(redrawn, str) else redrawn
     try:
         return layer_notes(run, None if scores is None else {"layers": scores}, tuple(map(str, redrawn)))
-    except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError):
+    except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError, OSError, RecursionError):
         return {}

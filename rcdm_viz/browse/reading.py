@@ -23,10 +23,12 @@ from rcdm_viz.browse.roots import (
     safe_join,
 )
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
-from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.errors import RcdmVizError, short
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
 from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
+# A stored grid is at most a few thousand pixels a side; a larger image is shown as a notice, not decoded.
+MAX_SHOWN_PIXELS = 40_000_000
 _NOT_STRIPS = ("grid", "input")  # PNGs of a sample directory that are not a layer's samples
 # Keys of a metrics.jsonl record that are bookkeeping, not curves to plot against the step.
 CURVE_SKIP = ("step", "epoch")
@@ -42,8 +44,11 @@ def _read_json(run: RunDir, path: Path, problems: list[str]) -> Any:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"cannot read {path.name}: {exc}")
+    except RecursionError:
+        problems.append(f"cannot read {path.name}: nested too deeply")
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: undecodable text, malformed JSON, over-long numbers
+        problems.append(f"cannot read {path.name}: {short(exc, 200)}")
         return None
 
 
@@ -56,10 +61,13 @@ def open_png(path: Path, run: RunDir | None = None) -> tuple[Image.Image | None,
         return None, f"{path.name} is missing"
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_SHOWN_PIXELS:  # checked on the header, before any pixel is held
+                return None, f"{path.name} is {img.width}x{img.height}, too large to show"
             img.load()
             return img.convert("RGB"), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        return None, f"{path.name} is not a readable image ({exc})"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+            Image.DecompressionBombError) as exc:
+        return None, f"{path.name} is not a readable image ({short(exc, 200)})"
 
 
 def upscale(img: Image.Image, min_side: int) -> Image.Image:

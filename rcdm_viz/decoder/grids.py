@@ -27,8 +27,9 @@ def read_image(path: str | Path) -> Tensor:
         raise RcdmVizError(f"image '{path}' does not exist")
     try:
         return pil_to_tensor(open_rgb(path, READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+            Image.DecompressionBombError) as exc:  # NotImplementedError: pixel formats PIL cannot decode
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RcdmVizError(f"cannot read image '{path}': {reason}") from None
 
 
@@ -42,8 +43,9 @@ def fit(image: Tensor, resolution: int) -> Tensor:
 
 
 def image_id(path: str | Path) -> str:
-    """A directory-safe id for an input image (its file stem)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem) or "image"
+    """A directory-safe id for an input image (its file stem). Leading dots go: a stem ``..`` or ``.``
+    would name the run or the samples folder itself, and ``.png`` a hidden folder the browser never lists."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(path).stem).lstrip(".") or "image"
 
 
 def image_ids(paths: list[str | Path]) -> list[str]:

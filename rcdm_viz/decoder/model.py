@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from rcdm_viz.checks import require_finite
 from rcdm_viz.config import DecoderConfig
 from rcdm_viz.decoder.schedule import make_noise_scheduler
 from rcdm_viz.errors import RcdmVizError
@@ -337,4 +338,5 @@ def load_decoder(path: str | Path) -> RCDMDecoder:
         decoder = RCDMDecoder.from_pretrained(path, use_safetensors=True)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RcdmVizError(f"could not load the decoder at {str(path)!r}: {err}") from err
+    require_finite(decoder, f"the decoder at {str(path)!r}")
     return decoder.eval()

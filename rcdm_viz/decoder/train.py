@@ -42,6 +42,7 @@ from rcdm_viz.runs import (
     record_config,
     replace_dir,
     step_lock,
+    sweep_temp,
     writing,
 )
 from rcdm_viz.seeding import generator_for
@@ -251,6 +252,7 @@ def _train_locked(
             images, feats = training_data(cfg, encoder, layers, run, progress and main)
         dims = {n: feats[n].shape[1] for n in layers}
         fingerprint, n_images = encoder.fingerprint(), len(images)
+        check_batch_fits(dec.batch_size, n_images)  # before any checkpoint or record changes
 
         def batches(step_fn: DecoderStep, step: int) -> Batch:
             return training_batch(step_fn, images, feats, step)
@@ -259,12 +261,13 @@ def _train_locked(
     step_name = f"decoder-{layer}"
     ckpt_root = run.checkpoints(step_name)
     identity = decoder_identity(cfg, layer, fingerprint, init)
+    if main:  # what a killed cache write of these layers left
+        sweep_temp(run.features, [f"{name}.safetensors" for name in layers])
     prepare_checkpoints(accelerator, ckpt_root, resume)
     schedulers = [step_fn.lr_scheduler]
     start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
     log = MetricsLog(run.training_metrics(step_name), enabled=main)
     if main:
-        record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
         log.truncate_after(start)
         if start == 0 and init is not None:
             log.log(step=0, warm_start=init.record())
@@ -277,8 +280,15 @@ def _train_locked(
     final = step_fn.ema_decoder()
     if main:
         _save_atomic(final, run, layer, log.path)
+        # recorded with the decoder it describes: a refused or killed training leaves config.yaml alone
+        record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
     accelerator.wait_for_everyone()
     return final
+
+
+def check_batch_fits(batch_size: int, n_images: int) -> None:
+    if batch_size > n_images:
+        raise RcdmVizError(f"decoder.batch_size {batch_size} exceeds the {n_images} training images")
 
 
 Batch = tuple[Tensor, Tensor | None, Tensor | None]  # images in [-1, 1], representations, layer indices
@@ -399,8 +409,6 @@ def _loop(
     identity: dict,
 ) -> None:
     dec = step_fn.cfg
-    if n_images is not None and dec.batch_size > n_images:
-        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {n_images} training images")
     layers = step_fn.layers
     name = ALL_LAYERS if len(layers) > 1 else (layers or [PRIOR_LAYER])[0]
 

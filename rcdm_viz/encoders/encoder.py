@@ -20,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from rcdm_viz.checks import require_finite
 from rcdm_viz.config import EncoderConfig
 from rcdm_viz.encoders.projector import HeadSpec, Projector, parse_head
 from rcdm_viz.encoders.resnet import STAGE_NAMES, Arch, ResNetTrunk
@@ -269,4 +270,5 @@ def load_encoder(path: str | os.PathLike[str]) -> Encoder:
         raise
     except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as err:
         raise RcdmVizError(f"cannot load encoder bundle {str(root)!r}: {err}") from None
+    require_finite(encoder, f"the encoder bundle {str(root)!r}")
     return encoder.eval()

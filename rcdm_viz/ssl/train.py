@@ -19,7 +19,7 @@ from rcdm_viz.config import Config, SSLConfig, to_dict
 from rcdm_viz.data.factor_views import FactorViews, check_redraw_factors, draw_factors
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
-from rcdm_viz.encoders import Encoder
+from rcdm_viz.encoders import Encoder, parse_head
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import (
     ALL_SECTIONS,
@@ -28,6 +28,7 @@ from rcdm_viz.runs import (
     atomic_write_bytes,
     record_config,
     step_lock,
+    sweep_temp,
     writing,
 )
 from rcdm_viz.seeding import generator_for
@@ -228,6 +229,7 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
     """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` with the metrics of this training;
     returns the encoder (eval). One training per run at a time (a lock naming the holder)."""
     redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
+    parse_head(cfg.encoder.head)  # a bad spec is refused before the lock file is created
     accelerator = make_accelerator(cfg.ssl.precision)
     with step_lock(run, "encoder", enabled=accelerator.is_main_process):
         return _train_locked(cfg, run, redraw, accelerator, resume, progress)
@@ -252,14 +254,14 @@ def _train_locked(
                                accelerator.device, run.features / "neighbour-reference")
     factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
+    if main:  # what a killed save of the encoder left
+        sweep_temp(run.encoder)
     prepare_checkpoints(accelerator, ckpt_root, resume)
     start = 0
     if resume:
         start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps, [step_fn.scheduler])
     log = MetricsLog(run.training_metrics("encoder"), enabled=main)
     if main:
-        # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices.
-        record_config(run, cfg, ALL_SECTIONS)
         log.truncate_after(start)
     _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress, identity)
     encoder.eval()
@@ -269,6 +271,9 @@ def _train_locked(
             # the bundle's metrics describe the bundle's model: replaced only once the model is
             if log.path.is_file():
                 atomic_write_bytes(run.encoder_metrics, log.path.read_bytes())
+        # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices;
+        # recorded once the encoder it describes is saved, so a killed training leaves the old record.
+        record_config(run, cfg, ALL_SECTIONS)
     accelerator.wait_for_everyone()
     return encoder
 

@@ -120,3 +120,37 @@ def test_a_decoder_set_aside_by_a_killed_swap_is_still_listed(tmp_path):
     (run / "decoders" / ".old-trunk" / "m.safetensors").write_bytes(b"0")
     summary = browse.summarize_run(tmp_path / "root", "r")
     assert [(d.name, d.complete) for d in summary.decoders] == [("trunk", True)]
+
+
+def test_a_huge_or_odd_image_and_deep_json_are_notices(tmp_path):
+    """Each bad item is one line in ``problems``; the page around it still renders."""
+    from rcdm_viz.browse.reading import _read_json, open_png
+    from rcdm_viz.runs import RunDir
+    from tests.test_bad_input import bomb_png
+
+    run = RunDir(tmp_path)
+    img, err = open_png(bomb_png(tmp_path / "grid.png", side=8000), run)
+    assert img is None and "8000x8000, too large to show" in err
+    img, err = open_png(bomb_png(tmp_path / "trunk.png"), run)  # 20000x20000: PIL's own bomb refusal
+    assert img is None and "trunk.png is not a readable image" in err and len(err) < 300
+    (tmp_path / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "scores.json").write_text('{"layers": 1e99999999999999999999')
+    problems: list[str] = []
+    assert _read_json(run, tmp_path / "meta.json", problems) is None
+    assert _read_json(run, tmp_path / "scores.json", problems) is None
+    assert problems[0] == "cannot read meta.json: nested too deeply" and len(problems) == 2
+    assert all(len(p) < 300 and "\n" not in p for p in problems)
+
+
+def test_row_notes_never_read_a_probes_file_outside_the_root(tmp_path, monkeypatch):
+    import rcdm_viz.sample_run
+    from rcdm_viz.browse.live import row_notes
+    from rcdm_viz.runs import RunDir
+
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"layers": {"trunk": {"linear_acc": 0.5}}}))
+    run = RunDir(tmp_path / "run")
+    run.encoder.mkdir(parents=True)
+    run.probes.symlink_to(secret)
+    monkeypatch.setattr(rcdm_viz.sample_run, "layer_notes", lambda *a: pytest.fail("read outside the root"))
+    assert row_notes(run, {}) == {}

@@ -236,3 +236,14 @@ def test_adam_steps_lower_the_loss():
         opt.step()
     first, last = sum(evals[:5]) / 5, sum(evals[-5:]) / 5
     assert last < 0.7 * first, (first, last)
+
+
+@torch.no_grad()
+def test_a_decoder_with_non_finite_weights_is_refused_on_load(tmp_path):
+    """NaN weights would sample one flat colour and exit 0: the load names the tensor instead."""
+    dec = tiny({"trunk": 8})
+    next(dec.parameters()).fill_(float("nan"))
+    dec.save_pretrained(tmp_path / "dec")
+    want = r"^the decoder at '.*dec' holds non-finite weights \(.+\); retrain it$"
+    with pytest.raises(RcdmVizError, match=want):
+        load_decoder(tmp_path / "dec")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -361,3 +363,31 @@ def test_a_fresh_training_keeps_the_old_metrics_with_the_old_model_until_it_is_r
     assert calls and read_metrics(run.decoder("trunk") / "metrics.jsonl") == old  # still the old model's
     assert main(_cli_train(run, "decoder.steps=3")) == 0
     assert [r["step"] for r in read_metrics(run.decoder("trunk") / "metrics.jsonl")] == [1, 2, 3]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (symlinks as their targets' names, not followed) and its bytes."""
+    return {
+        str(p.relative_to(root)): (os.readlink(p).encode() if p.is_symlink() else p.read_bytes())
+        for p in sorted(root.rglob("*")) if p.is_symlink() or p.is_file()
+    }
+
+
+def test_a_refused_batch_size_leaves_the_run_byte_identical(tiny_run, tmp_path, capsys):
+    """After a training that left resumable checkpoints, a batch larger than the image set is refused
+    before checkpoints, metrics or config.yaml change: the next --resume still finds step 2."""
+    run = run_with_encoder(tiny_run, tmp_path, "refused")
+    assert main(_cli_train(run, "decoder.steps=4", "decoder.checkpoint_every=2")) == 0
+    before = _tree(run.root)
+    capsys.readouterr()
+    assert main(_cli_train(run, "decoder.steps=4", "decoder.batch_size=100000")) == 2
+    assert "decoder.batch_size 100000 exceeds" in capsys.readouterr().err
+    assert _tree(run.root) == before
+    assert [p.name for p in checkpoint_dirs(run.checkpoints("decoder-trunk"))] == ["step-000000002"]
+    # a killed cache write left temps: the next training of this layer removes its own, not another's
+    (run.features / ".trunk.safetensors.k1ll.tmp").write_bytes(b"torn")
+    (run.features / ".head1.safetensors.l1ve.tmp").write_bytes(b"another step's")
+    assert main([*_cli_train(run, "decoder.steps=4", "decoder.checkpoint_every=2"), "--resume"]) == 0
+    assert sorted(p.name for p in run.features.iterdir() if p.name.endswith(".tmp")) == [
+        ".head1.safetensors.l1ve.tmp"
+    ]

@@ -317,3 +317,12 @@ def test_load_detects_mismatched_files(tmp_path) -> None:
     (tmp_path / "a" / "config.json").write_bytes((tmp_path / "b" / "config.json").read_bytes())
     with pytest.raises(RcdmVizError, match="disagree"):
         load_encoder(tmp_path / "a")
+
+
+@torch.no_grad()
+def test_an_encoder_with_non_finite_weights_is_refused_on_load(tmp_path) -> None:
+    enc = _tiny("16-8")
+    list(enc.parameters())[-1][0] = float("inf")
+    enc.save(tmp_path / "enc")
+    with pytest.raises(RcdmVizError, match=r"^the encoder bundle '.*enc' holds non-finite weights \(.+\)"):
+        load_encoder(tmp_path / "enc")

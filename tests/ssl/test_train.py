@@ -222,8 +222,12 @@ def test_bad_training_input_is_one_line_exit_2(tmp_path, capsys, override, fragm
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path):
     run = RunDir(tmp_path / "r")
+    run.encoder.mkdir(parents=True)  # with what a killed save left: the next training removes it
+    for name in (".model.safetensors.k1.tmp", ".metrics.jsonl.k2.tmp"):
+        (run.encoder / name).write_bytes(b"torn")
     train_encoder(tiny_config("ssl.epochs=1"), run, resume=True, progress=False)
     assert [r["step"] for r in read_metrics(run.encoder_metrics)] == [1, 2, 3, 4]
+    assert not [p.name for p in run.encoder.iterdir() if p.name.endswith(".tmp")]
     shutil.rmtree(run.root)
     with pytest.raises(RcdmVizError, match="batch_size"):
         train_encoder(tiny_config("ssl.batch_size=1000"), run, progress=False)
