@@ -129,8 +129,9 @@ def test_bad_inputs_name_the_value(tmp_path):
         RCDMDecoder({"trunk": 8}, **{**TINY, "norm_num_groups": 12})
     with pytest.raises(RcdmVizError, match="resolution 18"):
         RCDMDecoder({"trunk": 8}, **{**TINY, "resolution": 18, "block_out_channels": (32, 32, 32)})
-    with pytest.raises(RcdmVizError, match="layer_dims"):
-        RCDMDecoder({}, **TINY)
+    with pytest.raises(RcdmVizError, match="'trunk' has dimension 0"):
+        RCDMDecoder({"trunk": 0}, **TINY)
+    assert RCDMDecoder({}, **TINY).is_prior  # no layers: the unconditional prior
 
 
 def test_scheduler_matches_rcdm_and_rejects_unknown_choices():
