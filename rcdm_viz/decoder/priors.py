@@ -34,7 +34,18 @@ class ShippedPrior:
     summary: str
 
 
-PRIORS: dict[str, ShippedPrior] = {}
+PRIORS: dict[str, ShippedPrior] = {
+    "scene-prior": ShippedPrior(
+        "scene-prior",
+        "c88fd3d371463a731fc7a5b2aea352b01d0d6489532e25cd2752a899d1520eaa",
+        "rcdm-viz train-decoder --run runs/scene-prior --preset scene-prior --layer prior (stopped after "
+        "its step-5000 checkpoint), then the same with --resume --set decoder.steps=5000 "
+        "--set decoder.compile=false",
+        "7ee805e070beb351709c06b428dede58dfb80e83",
+        "Unconditional 32-px decoder of the synthetic scenes (UNet 32-64-64, one block a level, "
+        "v-prediction): 5,000 steps of batch 32 on fresh scenes, EMA 0.9995.",
+    ),
+}
 
 
 def shipped_prior(name: str) -> ShippedPrior:
