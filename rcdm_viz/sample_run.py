@@ -165,10 +165,12 @@ def write_interpolation_dir(
 
 
 def write_sample_dir(
-    out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig
+    out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig,
+    scores: dict | None = None,
 ) -> Path:
-    """Write grid.png, one strip per layer and meta.json into ``out_dir``, swapped in as one folder (a
-    killed sampling leaves the previous folder whole); returns the grid's path."""
+    """Write grid.png, one strip per layer, meta.json and (given ``scores``) scores.json into ``out_dir``,
+    swapped in as one folder (a killed sampling leaves the previous folder whole); returns the grid's
+    path."""
     sweep_temp(out_dir)  # what a killed sampling of this image left
     res = next(iter(rows.values())).shape[-1]
     shown = fit(image, res)
@@ -183,6 +185,8 @@ def write_sample_dir(
                 png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
             )
         write_json(new / "meta.json", _sampling_meta(rows, cfg, res))
+        if scores is not None:
+            write_json(new / "scores.json", scores)
 
     fill_and_replace_dir(out_dir, fill)
     return out_dir / "grid.png"
@@ -220,9 +224,8 @@ def sample_heldout(
         result = None
         if gallery is not None:
             result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-            write_json(out / "scores.json", result)
         notes = layer_notes(run, result, cfg.views.redraw_factors)
-        paths.append(write_sample_dir(out, image, rows, notes, cfg.sample))
+        paths.append(write_sample_dir(out, image, rows, notes, cfg.sample, result))
     return paths
 
 
@@ -257,9 +260,8 @@ def sample_images(
         result = None
         if gallery is not None:
             result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-            write_json(run.samples(ident) / "scores.json", result)
         notes = layer_notes(run, result, cfg.views.redraw_factors)
-        paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample))
+        paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample, result))
     return paths
 
 
