@@ -11,7 +11,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from importlib import resources
@@ -33,6 +33,7 @@ from rcdm_viz.choices import (
     parse_enum,
 )
 from rcdm_viz.errors import RcdmVizError, shown
+from rcdm_viz.field_rules import above, at_least, between, check_fields, each, finite_number
 
 __all__ = [  # the choices live in rcdm_viz.choices; importing them from here keeps working
     "BetaSchedule", "DataSource", "Distance", "Method", "Optimizer", "Precision", "PredictionType",
@@ -41,37 +42,6 @@ __all__ = [  # the choices live in rcdm_viz.choices; importing them from here ke
 
 # Package data, found through importlib.resources so that every install (editable or a wheel) has them.
 PRESETS_DIR = Path(str(resources.files("rcdm_viz").joinpath("presets")))
-
-Rule = tuple[Callable[[Any], bool], str]  # (is the value valid, what a valid value is)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def at_least(low: float) -> Rule:
-    return (lambda v: _number(v) and v >= low), f"a number >= {low}"
-
-
-def above(low: float) -> Rule:
-    return (lambda v: _number(v) and v > low), f"a number > {low}"
-
-
-def between(low: float, high: float) -> Rule:
-    return (lambda v: _number(v) and low <= v <= high), f"a number in [{low}, {high}]"
-
-
-def each(rule: Rule, nonempty: bool = False) -> Rule:
-    ok, want = rule
-    return (lambda v: (len(v) > 0 or not nonempty) and all(ok(x) for x in v)), f"a list of {want}"
-
-
-def check_fields(section: str, obj: Any, rules: dict[str, Rule]) -> None:
-    """One-line error naming the first field of ``obj`` outside its valid range (NaN and inf never are)."""
-    for name, (ok, want) in rules.items():
-        value = getattr(obj, name)
-        if not ok(value):
-            raise RcdmVizError(f"bad value {value!r} for '{section}.{name}' (expected {want})")
 
 
 @dataclass
@@ -214,7 +184,7 @@ class ProbeConfig:
             "mlp_epochs": at_least(0), "mlp_lr": above(0), "knn_k": at_least(1), "knn_temperature": above(0),
             "rankme_n": at_least(1), "invariance_images": at_least(2), "n_train": at_least(0),
         })
-        if not self.ridge or not all(_number(r) and r > 0 for r in self.ridge):
+        if not self.ridge or not all(finite_number(r) and r > 0 for r in self.ridge):
             raise RcdmVizError(f"bad value {self.ridge!r} for 'probe.ridge' (one or more penalties > 0)")
         if not 0 < self.ridge_holdout < 1:
             raise RcdmVizError(f"bad value {self.ridge_holdout!r} for 'probe.ridge_holdout' (in (0, 1))")
