@@ -70,15 +70,17 @@ def test_decoder_training_lowers_the_loss_and_round_trips(tiny_run, tmp_path):
 
 def test_sample_cli_writes_the_same_grid_twice(tiny_run, tmp_path, capsys):
     cfg, run = tiny_run
-    img = tmp_path / "scene.png"
+    # its own image id: a sampling replaces the image's folder whole (a scores.json another test left for
+    # "scene" would go, and with it that image's notes)
+    img = tmp_path / "twice.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
     args = ["sample", str(img), "--run", str(run.root), "--layers", "trunk", "--n", "3", "--no-progress"]
     assert main(args) == 0
-    grid = run.samples("scene") / "grid.png"
+    grid = run.samples("twice") / "grid.png"
     first = grid.read_bytes()
     assert main(args) == 0
     assert grid.read_bytes() == first
-    meta = json.loads((run.samples("scene") / "meta.json").read_text())
+    meta = json.loads((run.samples("twice") / "meta.json").read_text())
     assert meta["layers"] == ["trunk"] and meta["n"] == 3
     with Image.open(grid) as g:
         assert g.width > g.height  # one row, input + 3 samples
@@ -94,7 +96,8 @@ def test_sample_cli_writes_the_same_grid_twice(tiny_run, tmp_path, capsys):
         (["probe", "--run", "{tmp}/no-run"], "no-run"),
         (["train-encoder", "--preset", "no-such-preset"], "no-such-preset"),
         (["train-decoder", "--layer", "nope"], "nope"),
-        (["sample", "{tmp}/ok.png", "--sampler", "euler"], "euler"),
+        (["sample", "{tmp}/ok.png", "--set", "sample.sampler=euler"], "euler"),
+        (["sample", "{tmp}/ok.png", "--runs", "{tmp}", "--scores"], "--scores and --interpolate work on one"),
         (["sample", "{tmp}/ok.png", "--steps", "0"], "0"),
     ],
 )

@@ -182,7 +182,7 @@ def test_interpolate_cli_writes_a_grid(tiny_run, tmp_path):
     [
         (["train-decoder", "--layer", "head9"], "'head9'"),
         (["sample", "IMG", "--layers", "trunk", "--steps", "0"], "bad value 0 for 'sample.steps'"),
-        (["sample", "IMG", "--layers", "trunk", "--sampler", "euler"], "'euler'"),
+        (["sample", "IMG", "--layers", "trunk", "--set", "sample.sampler=euler"], "'euler'"),
         (["sample", "IMG", "--layers", "stage9"], "'stage9'"),
     ],
 )
