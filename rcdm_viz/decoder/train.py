@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +161,19 @@ class DecoderStep:
         final = self.accelerator.unwrap_model(self.model)
         self.ema.copy_to(final.parameters())
         return final.eval()
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[RCDMDecoder]:
+        """The training model with the EMA weights swapped in while the block runs (progress samples),
+        its own weights restored after."""
+        model = self.accelerator.unwrap_model(self.model)
+        params = list(model.parameters())
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield model
+        finally:
+            self.ema.restore(params)
 
 
 def make_decoder_step(
@@ -324,14 +337,8 @@ def prior_progress_writer(step_fn: DecoderStep, out_dir: Path, n: int = 32) -> C
     steps = step_fn.cfg.progress_steps
 
     def write(step: int) -> Path:
-        model = step_fn.accelerator.unwrap_model(step_fn.model)
-        params = list(model.parameters())
-        step_fn.ema.store(params)
-        step_fn.ema.copy_to(params)
-        try:
+        with step_fn.ema_weights() as model:
             drawn = sample(model, None, n=n, steps=steps, seed=0)[0]  # [n, 3, H, W]
-        finally:
-            step_fn.ema.restore(params)
         rows = drawn.view(4, n // 4, *drawn.shape[1:]).permute(2, 0, 3, 1, 4).flatten(3, 4).flatten(1, 2)
         path = out_dir / f"step-{step:07d}.png"
         atomic_write_bytes(path, png_bytes(tensor_to_pil(rows, scale=2)))
@@ -356,22 +363,16 @@ def progress_writer(
     order = [name for name in encoder.all_layer_names if name in step_fn.layers]  # trunk before heads
 
     def write(step: int) -> Path:
-        model = step_fn.accelerator.unwrap_model(step_fn.model)
-        params = list(model.parameters())
-        step_fn.ema.store(params)
-        step_fn.ema.copy_to(params)
-        try:
+        with step_fn.ema_weights() as model:
             drawn = {  # layer -> [images, 4, 3, H, W]; sample j has the same noise for every image
                 name: sample(model, reps[name], n=4, steps=dec.progress_steps, layer=name, seed=0)
                 for name in order
             }
-            scale = max(1, 64 // dec.resolution)
-            grids = [
-                sample_grid(shown[i], {f"val {i} {k}": v[i] for k, v in drawn.items()}, scale=scale)
-                for i in range(len(images))
-            ]
-        finally:
-            step_fn.ema.restore(params)
+        scale = max(1, 64 // dec.resolution)
+        grids = [
+            sample_grid(shown[i], {f"val {i} {k}": v[i] for k, v in drawn.items()}, scale=scale)
+            for i in range(len(images))
+        ]
         sheet = Image.new("RGB", (max(g.width for g in grids), sum(g.height for g in grids)), "white")
         for i, grid in enumerate(grids):
             sheet.paste(grid, (0, sum(g.height for g in grids[:i])))

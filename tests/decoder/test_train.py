@@ -37,6 +37,19 @@ def run_with_encoder(tiny_run, tmp_path, name: str) -> RunDir:
     return run
 
 
+def one_and_two_processes(tiny_run, tmp_path, sets: list[str]) -> tuple[RunDir, RunDir]:
+    """The shared decoder trained with ``sets`` in one process, and by `accelerate launch` on two gloo
+    processes (half the batch each); returns (one, two)."""
+    one = run_with_encoder(tiny_run, tmp_path, "one")
+    train_decoder(tiny_config(*sets), one, "all", progress=False)
+    two = run_with_encoder(tiny_run, tmp_path, "two")
+    overrides = [arg for kv in TINY + sets for arg in ("--set", kv)]
+    args = ["rcdm_viz.cli", "train-decoder", "--run", str(two.root), "--layer", "all", "--no-progress"]
+    done = accelerate_launch(args + overrides, 2, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return one, two
+
+
 def perturbed(layer_dims: dict[str, int]) -> RCDMDecoder:
     torch.manual_seed(0)
     dec = RCDMDecoder(layer_dims, **TINY_DEC).eval()
@@ -214,13 +227,7 @@ def test_accelerate_launch_on_two_processes_trains_like_one(tiny_run, tmp_path):
     """`accelerate launch` (2 gloo processes, 8 images each) == one process with the global batch of 16:
     same losses and same weights, shared decoder with gradient accumulation included."""
     sets = ["decoder.steps=3", "decoder.grad_accum_steps=2", "decoder.checkpoint_every=2"]
-    one = run_with_encoder(tiny_run, tmp_path, "one")
-    train_decoder(tiny_config(*sets), one, "all", progress=False)
-    two = run_with_encoder(tiny_run, tmp_path, "two")
-    overrides = [arg for kv in TINY + sets for arg in ("--set", kv)]
-    args = ["rcdm_viz.cli", "train-decoder", "--run", str(two.root), "--layer", "all", "--no-progress"]
-    done = accelerate_launch(args + overrides, 2, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = one_and_two_processes(tiny_run, tmp_path, sets)
     want, got = (
         read_metrics(one.decoder("all") / "metrics.jsonl"),
         read_metrics(two.decoder("all") / "metrics.jsonl"),

@@ -19,9 +19,8 @@ from rcdm_viz.decoder.warm_start import build_warm_decoder, resolve_init
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_metrics
 from rcdm_viz.training import checkpoint_dirs
-from tests._spawn import accelerate_launch
-from tests.conftest import TINY, tiny_config
-from tests.decoder.test_train import TINY_DEC, run_with_encoder
+from tests.conftest import tiny_config
+from tests.decoder.test_train import TINY_DEC, one_and_two_processes, run_with_encoder
 
 
 def _prior(tmp_path, **arch) -> RCDMDecoder:
@@ -137,13 +136,7 @@ def test_a_warm_start_on_two_processes_trains_like_one(tiny_run, tmp_path):
     _prior(tmp_path)
     sets = ["decoder.steps=2", "decoder.sample_every=0",
             f"decoder.init_from={tmp_path / 'prior'}"]
-    one = run_with_encoder(tiny_run, tmp_path, "one")
-    train_decoder(tiny_config(*sets), one, "all", progress=False)
-    two = run_with_encoder(tiny_run, tmp_path, "two")
-    overrides = [arg for kv in TINY + sets for arg in ("--set", kv)]
-    args = ["rcdm_viz.cli", "train-decoder", "--run", str(two.root), "--layer", "all", "--no-progress"]
-    done = accelerate_launch(args + overrides, 2, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = one_and_two_processes(tiny_run, tmp_path, sets)
     want, got = (read_metrics(r.decoder("all") / "metrics.jsonl") for r in (one, two))
     start = resolve_init(str(tmp_path / "prior")).record()
     assert got[0] == want[0] == {"step": 0, "warm_start": start}
