@@ -46,7 +46,7 @@ def load_prior(source: str, cfg: Config) -> RCDMDecoder:
     path = Path(source)
     if (path / "config.json").is_file():
         return load_decoder(path)
-    ema = torch.load(path / "custom_checkpoint_0.pkl", weights_only=False)  # our own checkpoint's EMA
+    ema = torch.load(path / "custom_checkpoint_0.pkl", weights_only=True)  # the EMA state: tensors only
     decoder = RCDMDecoder.from_decoder_config(cfg.decoder, {}, None)
     for p, shadow in zip(decoder.parameters(), ema["shadow_params"], strict=True):
         p.data.copy_(shadow)

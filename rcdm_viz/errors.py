@@ -2,6 +2,13 @@
 
 import reprlib
 
+from PIL import Image, UnidentifiedImageError
+
+# What PIL raises for a file that is not an image it can read (NotImplementedError: pixel formats it knows
+# by name but cannot decode; DecompressionBombError: over its pixel limit).
+UNREADABLE_IMAGE = (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
+                    Image.DecompressionBombError)
+
 
 class RcdmVizError(ValueError):
     """A bad input from the user (a value, a path, a name); the message names the bad value."""

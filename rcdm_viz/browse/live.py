@@ -8,12 +8,10 @@ import io
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from rcdm_viz.browse.reading import RunSummary, read_config, run_config
 from rcdm_viz.browse.roots import confined, refused
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
-from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError
 from rcdm_viz.runs import RunDir
 
 # ----------------------------------------------------------------------------------- live sampling
@@ -43,8 +41,7 @@ def decode_image(data: bytes, name: str = "upload") -> Any:
         raise RcdmVizError(f"'{name}' is empty")
     try:
         return pil_to_tensor(open_rgb(io.BytesIO(data), READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
-            Image.DecompressionBombError):
+    except UNREADABLE_IMAGE:
         raise RcdmVizError(f"'{name}' is not an image this app can read (PNG, JPEG, WebP, ...)") from None
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from rcdm_viz.browse.roots import (
     confined,
@@ -23,7 +23,7 @@ from rcdm_viz.browse.roots import (
     safe_join,
 )
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
-from rcdm_viz.errors import RcdmVizError, short
+from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError, short
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
 from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
@@ -65,8 +65,7 @@ def open_png(path: Path, run: RunDir | None = None) -> tuple[Image.Image | None,
                 return None, f"{path.name} is {img.width}x{img.height}, too large to show"
             img.load()
             return img.convert("RGB"), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
-            Image.DecompressionBombError) as exc:
+    except UNREADABLE_IMAGE as exc:
         return None, f"{path.name} is not a readable image ({short(exc, 200)})"
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 from matplotlib import colormaps
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
 
 from rcdm_viz.data.folder import READ_SIDE, open_rgb
-from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError
 
 # ------------------------------------------------------------------------------------------- image I/O
 
@@ -27,8 +27,7 @@ def read_image(path: str | Path) -> Tensor:
         raise RcdmVizError(f"image '{path}' does not exist")
     try:
         return pil_to_tensor(open_rgb(path, READ_SIDE)).float() / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, NotImplementedError,
-            Image.DecompressionBombError) as exc:  # NotImplementedError: pixel formats PIL cannot decode
+    except UNREADABLE_IMAGE as exc:
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise RcdmVizError(f"cannot read image '{path}': {reason}") from None
 
