@@ -14,10 +14,10 @@ from typing import NoReturn
 from rcdm_viz import __version__
 from rcdm_viz.allocator import retain_freed_memory
 from rcdm_viz.choices import SamplerName
-from rcdm_viz.config import Config, config_from_dict, load_config, presets_table, read_config_file
+from rcdm_viz.config import Config, config_from_dict, load_config, presets_table
 from rcdm_viz.errors import RcdmVizError, plain_error, short
 from rcdm_viz.progress import say, set_quiet
-from rcdm_viz.runs import RunDir, is_disk_full
+from rcdm_viz.runs import RunDir, is_disk_full, read_run_config
 
 
 def _common(p: argparse.ArgumentParser, default_run: str | None = "runs/default", run_help: str = "") -> None:
@@ -127,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace, run: RunDir, uses_run_config: bool) -> Config:
     """Defaults <- the run's config.yaml (for steps after training) <- preset <- --set."""
     base = None
-    if uses_run_config and run.config.is_file():
-        base = config_from_dict(read_config_file(run.config))
+    if uses_run_config and (run.config.is_file() or run.encoder_training.is_file()):
+        base = config_from_dict(read_run_config(run))
     return load_config(args.preset, args.overrides, base=base)
 
 
@@ -173,6 +173,9 @@ def run_command(args: argparse.Namespace) -> int:
         args.overrides = [f"decoder.init_from={args.init_from}", *args.overrides]
     cfg = resolve_config(args, run, uses_run_config=args.command not in ("quickstart", "train-encoder"))
     _check_flags(args)
+    from rcdm_viz.footprint import require_fits  # deferred: start-up cost
+
+    require_fits(cfg, args.command)  # before any file of the run is created
     if getattr(args, "encoder", None) or getattr(args, "weights", None):
         from rcdm_viz.encoders.zoo import import_public_encoder  # deferred: start-up cost
 

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -25,11 +26,13 @@ from typing import Any
 
 import yaml
 
-from rcdm_viz.config import Config, to_dict
+from rcdm_viz.config import Config, read_config_file, to_dict
 from rcdm_viz.errors import RcdmVizError
 
 ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
+ENCODER_DIR = "encoder"
+ENCODER_SECTIONS = ("data", "encoder", "views", "ssl")  # what an encoder's training decides for its run
 PRIOR_LAYER = "prior"  # `--layer prior`: the unconditional decoder of the images, saved in decoders/prior/
 
 
@@ -45,7 +48,16 @@ class RunDir:
 
     @property
     def encoder(self) -> Path:
-        return self.root / "encoder"
+        """``encoder/``; while a swap killed between its two renames left only the set-aside bundle, that
+        one (it is still the run's encoder; the next swap puts it back)."""
+        live = self.root / ENCODER_DIR
+        aside = aside_path(live)
+        return aside if not live.exists() and (aside / "config.json").is_file() else live
+
+    @property
+    def encoder_training(self) -> Path:
+        """The resolved config of the training that made ``encoder/`` (in the bundle, swapped in with it)."""
+        return self.encoder / "training.yaml"
 
     @property
     def encoder_metrics(self) -> Path:
@@ -139,18 +151,50 @@ def replace_dir(new: Path, final: Path) -> None:
     then the old one deleted. A kill at any moment leaves a complete ``final`` or its aside copy (which
     ``RunDir.decoder_for`` still finds); an error puts the old one back."""
     old = aside_path(final)
-    if old.exists() and not final.exists():
-        old.rename(final)  # an earlier swap was killed in its window: its old copy is the live one
-    shutil.rmtree(old, ignore_errors=True)
+    _restore_aside(final)
     had_old = final.exists()
     if had_old:
         final.rename(old)
+        kill_point(f"aside:{final.name}")
     try:
         new.rename(final)
     except Exception:
         if had_old:
             old.rename(final)
         raise
+    kill_point(f"swapped:{final.name}")
+    shutil.rmtree(old, ignore_errors=True)
+
+
+KILL_AT = "RCDM_VIZ_KILL_AT"  # the kill tests' hook: an event name below, e.g. "wrote:model.safetensors"
+
+
+def kill_point(event: str) -> None:
+    """SIGKILL this process at ``event`` when ``$RCDM_VIZ_KILL_AT`` names it, so that tests can stop a real
+    command at the worst instants: ``wrote:<file>`` (temp file written, not yet in place),
+    ``replaced:<file>`` (in place), ``aside:<dir>`` (old folder set aside, new one not yet in),
+    ``swapped:<dir>`` (new folder in, old one not yet deleted)."""
+    if os.environ.get(KILL_AT) == event:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tidy_swap(final: Path) -> None:
+    """Undo what a killed swap of ``final`` left: its set-aside copy goes back when ``final`` is missing (it
+    is the live one) or is deleted, and half-filled ``.<name>.new-*`` folders are removed. Called by the next
+    command of the same step, under its lock."""
+    final = Path(final)
+    _restore_aside(final)
+    for left in final.parent.glob(f".{final.name}.new-*"):
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+
+
+def _restore_aside(final: Path) -> None:
+    """A swap killed in its window left only the set-aside copy: it is the live one again. Otherwise the
+    set-aside copy of a finished swap is deleted."""
+    old = aside_path(final)
+    if old.exists() and not final.exists():
+        old.rename(final)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -230,9 +274,7 @@ def fill_and_replace_dir(final: Path, fill: Callable[[Path], object]) -> None:
     are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for left in final.parent.glob(f".{final.name}.new-*"):
-        if left.is_dir() and not left.is_symlink():
-            shutil.rmtree(left, ignore_errors=True)
+    tidy_swap(final)
     new = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.new-"))
     os.chmod(new, _file_mode() | 0o111 & ~os.umask(os.umask(0)))  # mkdtemp's are owner-only
     try:
@@ -263,7 +305,9 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     try:
         write(Path(tmp))
         os.chmod(tmp, _file_mode())
+        kill_point(f"wrote:{path.name}")
         os.replace(tmp, path)
+        kill_point(f"replaced:{path.name}")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -309,6 +353,17 @@ def record_config(run: RunDir, cfg: Config, sections: tuple[str, ...]) -> None:
     """
     with config_lock(run):
         _merge_config(run, cfg, sections)
+
+
+def read_run_config(run: RunDir) -> dict[str, Any]:
+    """The run's config.yaml with the encoder's sections taken from the bundle's own ``training.yaml``:
+    the bundle is swapped in as a whole before config.yaml is updated, so after a kill between the two the
+    bundle's record is the true one."""
+    merged = read_config_file(run.config) if run.config.is_file() else {}
+    if run.encoder_training.is_file():
+        trained = read_config_file(run.encoder_training)
+        merged.update({k: trained[k] for k in ENCODER_SECTIONS if k in trained})
+    return merged
 
 
 @contextmanager
@@ -368,13 +423,16 @@ class MetricsLog:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Read a metrics.jsonl file, skipping a torn last line (a training still in progress)."""
+    """Read a metrics.jsonl file, skipping a torn last line (a training still in progress) and any line that
+    is not one JSON object (a hand-edited or foreign file)."""
     records = []
     if not Path(path).is_file():
         return records
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

@@ -3,6 +3,7 @@ write the layer grid, one strip per layer, meta.json and (optionally) scores.jso
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
+from rcdm_viz.records import SampleMeta
 from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, read_json, sweep_temp, write_json
 
 
@@ -158,9 +160,9 @@ def write_interpolation_dir(
     grid = interpolation_grid(fit(image_a, res), fit(image_b, res), rows, scale=max(1, 64 // res))
     atomic_write_bytes(out_dir / "grid.png", png_bytes(grid))
     columns = next(iter(rows.values())).shape[1]
-    meta = _sampling_meta(rows, cfg, res)
-    meta.update(columns=columns, alpha=torch.linspace(0, 1, columns).tolist())
-    write_json(out_dir / "meta.json", meta)
+    alpha = tuple(torch.linspace(0, 1, columns).tolist())
+    meta = dataclasses.replace(_sampling_meta(rows, cfg, res), columns=columns, alpha=alpha)
+    write_json(out_dir / "meta.json", meta.to_json())
     return out_dir / "grid.png"
 
 
@@ -184,7 +186,7 @@ def write_sample_dir(
                 new / f"{layer}.png",
                 png_bytes(tensor_to_pil(make_grid(samples, nrow=len(samples), padding=1))),
             )
-        write_json(new / "meta.json", _sampling_meta(rows, cfg, res))
+        write_json(new / "meta.json", _sampling_meta(rows, cfg, res).to_json())
         if scores is not None:
             write_json(new / "scores.json", scores)
 
@@ -192,17 +194,10 @@ def write_sample_dir(
     return out_dir / "grid.png"
 
 
-def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) -> dict:
+def _sampling_meta(rows: dict[str, Tensor], cfg: SampleConfig, resolution: int) -> SampleMeta:
     """What a grid's meta.json records: its layers and every setting that decides its pixels."""
-    return {
-        "layers": list(rows),
-        "n": cfg.n,
-        "sampler": cfg.sampler.value,
-        "steps": cfg.steps,
-        "guidance": cfg.guidance,
-        "seed": cfg.seed,
-        "resolution": resolution,
-    }
+    return SampleMeta(layers=tuple(rows), n=cfg.n, sampler=cfg.sampler.value, steps=cfg.steps,
+                      guidance=cfg.guidance, seed=cfg.seed, resolution=resolution)
 
 
 def sample_heldout(

@@ -141,6 +141,14 @@ CASES = [
     (_enc("encoder.head=0-0"), "0-0"),
     (["probe", "--run", "{f:afile}"], "afile"),
     (["app", "--runs", "no-such-root"], "no-such-root"),
+    (_enc("data.resolution=99999999999"), "data.resolution=99999999999"),
+    (_enc("encoder.width=100000000000"), "encoder.width=100000000000"),
+    (_enc("encoder.head=1000000000000-1"), "encoder.head=1000000000000-1"),
+    (_enc("views.size=100000000000"), "views.size=100000000000"),
+    (_enc("data.n_train=99999999999"), "data.n_train=99999999999"),
+    (_set("decoder.feature_batch_size=99999999999999"), "decoder.feature_batch_size=99999999999999"),
+    (_enc("data.decode_workers=-1"), "-1"),
+    (_enc("data.n_train=64", "ssl.batch_size=100"), "ssl.batch_size 100"),
 ]
 
 

@@ -42,7 +42,7 @@ def test_sample_images_writes_the_same_grid_for_the_same_seed(run_copy, tmp_path
     first = sample_images(cfg, run, [str(image)], "trunk")
     assert first == [run.samples("in_put") / "grid.png"]
     meta = read_json(run.samples("in_put") / "meta.json")
-    assert meta == {"layers": ["trunk"], "n": cfg.sample.n, "sampler": cfg.sample.sampler.value,
+    assert meta == {"format": 1, "layers": ["trunk"], "n": cfg.sample.n, "sampler": cfg.sample.sampler.value,
                     "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "seed": cfg.sample.seed,
                     "resolution": cfg.decoder.resolution}
     grid = first[0].read_bytes()

@@ -25,6 +25,7 @@ from rcdm_viz.browse.roots import (
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError, short
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
+from rcdm_viz.records import SampleMeta
 from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
 # A stored grid is at most a few thousand pixels a side; a larger image is shown as a notice, not decoded.
@@ -323,14 +324,24 @@ def layer_rows(obj: Any) -> dict[str, dict[str, Any]]:
     return {}
 
 
+def _sample_meta(raw: Any, problems: list[str]) -> dict[str, Any]:
+    """meta.json checked field by field (``records.SampleMeta``); a wrong-typed file is one notice."""
+    if raw is None:
+        return {}
+    try:
+        return SampleMeta.from_json(raw).to_json()
+    except ValueError as err:
+        problems.append(f"meta.json ignored: {err}")
+        return {}
+
+
 def load_sample(run: RunDir, image_id: str) -> SampleView:
     """Read samples/<image_id>/ (a bad id raises; missing or corrupt files are listed in ``problems``)."""
     folder = safe_join(run.root / "samples", image_id)
     if not folder.is_dir():
         raise RcdmVizError(f"no sample '{image_id}' in run '{run.root.name}'")
     problems: list[str] = []
-    meta = _read_json(run, folder / "meta.json", problems)
-    meta = meta if isinstance(meta, dict) else {}
+    meta = _sample_meta(_read_json(run, folder / "meta.json", problems), problems)
     grid, err = open_png(folder / "grid.png", run)
     problems += [err] if err else []
     shown, strips = None, {}

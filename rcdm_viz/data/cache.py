@@ -210,7 +210,29 @@ def open_cache(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor
         split = "train"
     if split not in meta["splits"]:
         raise RcdmVizError(f"cache '{root}' has no split '{split}'; it has: {', '.join(meta['splits'])}")
+    images, labels = _load_split(root, split)
+    classes = list(meta["classes"])
+    expected = meta["splits"][split]
+    square = images.ndim == 4 and images.shape[1] == 3 and images.shape[2] == images.shape[3]
+    if not square or images.dtype != np.uint8 or len(images) != expected or labels.shape != (len(images),):
+        raise RcdmVizError(
+            f"cache '{root}' split '{split}' is inconsistent (images {tuple(images.shape)} {images.dtype}, "
+            f"labels {tuple(labels.shape)}, {META} says {expected} images); rewrite it with `rcdm-viz cache`"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise RcdmVizError(f"cache '{root}' split '{split}' has labels outside its {len(classes)} classes")
     # Copy-on-write map: writable for torch, never writes back to the file.
-    images = torch.from_numpy(np.load(root / f"{split}.npy", mmap_mode="c"))
-    labels = torch.from_numpy(np.load(root / f"{split}-labels.npy")).long()
-    return images, labels, list(meta["classes"])
+    return torch.from_numpy(images), torch.from_numpy(labels).long(), classes
+
+
+def _load_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The memory-mapped images and the labels of one split, or one line when a file is torn or corrupt."""
+    path = root / f"{split}.npy"
+    try:
+        images = np.load(path, mmap_mode="c")
+        path = root / f"{split}-labels.npy"
+        labels = np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        why = f"cache file '{path}' is truncated or corrupt ({err})"
+        raise RcdmVizError(f"{why}; rewrite it with `rcdm-viz cache`") from None
+    return images, labels

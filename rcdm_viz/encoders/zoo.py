@@ -35,7 +35,7 @@ from rcdm_viz.encoders.encoder import Encoder
 from rcdm_viz.encoders.projector import parse_head
 from rcdm_viz.encoders.resnet import Arch
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.runs import RunDir, read_json, write_json
+from rcdm_viz.runs import ENCODER_DIR, RunDir, fill_and_replace_dir, read_json, write_json
 from rcdm_viz.weights import get_package, load_weights
 
 REGISTRY_DIR = Path(str(resources.files("rcdm_viz").joinpath("pretrained_encoders")))  # package data
@@ -377,8 +377,13 @@ def import_public_encoder(
     encoder = load_public_encoder(entry, path, sha256=digest)
     # Provenance first: a bundle never exists without the record of where it came from.
     source = {"encoder": entry.name, "file": path.name, "sha256": digest, "url": entry.url}
-    write_json(source_path, {**source, "layers": encoder.layer_dims})
-    return encoder.save(run.encoder)
+
+    def fill(folder: Path) -> None:  # swapped in as one folder: no bundle without its record
+        write_json(folder / SOURCE_FILE, {**source, "layers": encoder.layer_dims})
+        encoder.save(folder)
+
+    fill_and_replace_dir(run.root / ENCODER_DIR, fill)
+    return run.encoder
 
 
 def registry_table(directory: str | os.PathLike[str] = REGISTRY_DIR) -> str:

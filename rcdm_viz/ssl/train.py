@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from accelerate import Accelerator
 from torch import Tensor, nn
 
@@ -21,14 +22,19 @@ from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder, parse_head
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.footprint import require_fits
 from rcdm_viz.runs import (
     ALL_SECTIONS,
+    ENCODER_DIR,
     MetricsLog,
     RunDir,
     atomic_write_bytes,
+    atomic_write_text,
+    fill_and_replace_dir,
     record_config,
     step_lock,
     sweep_temp,
+    tidy_swap,
     writing,
 )
 from rcdm_viz.seeding import generator_for
@@ -228,23 +234,28 @@ def encoder_identity(cfg: Config) -> dict:
 def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool = True) -> Encoder:
     """Train an SSL encoder on ``cfg.data``; writes ``encoder/`` with the metrics of this training;
     returns the encoder (eval). One training per run at a time (a lock naming the holder)."""
+    # Every refusal comes before the lock file exists: a refused command leaves the run untouched.
     redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
-    parse_head(cfg.encoder.head)  # a bad spec is refused before the lock file is created
-    accelerator = make_accelerator(cfg.ssl.precision)
-    with step_lock(run, "encoder", enabled=accelerator.is_main_process):
-        return _train_locked(cfg, run, redraw, accelerator, resume, progress)
-
-
-def _train_locked(
-    cfg: Config, run: RunDir, redraw: tuple[str, ...], accelerator: Accelerator, resume: bool, progress: bool
-) -> Encoder:
+    parse_head(cfg.encoder.head)
+    require_fits(cfg, "train-encoder")
     method = get_method(cfg.ssl.method)
-    main = accelerator.is_main_process
-    train = load_images(cfg.data, "train", progress=progress and main)
+    accelerator = make_accelerator(cfg.ssl.precision)
+    train = load_images(cfg.data, "train", progress=progress and accelerator.is_main_process)
     if method.needs_labels and train.num_classes < 2:
         raise RcdmVizError(
             f"method '{method.name.value}' needs labelled images; data has {train.num_classes} class(es)"
         )
+    total_steps(len(train), cfg.ssl)  # ssl.batch_size against the images there are
+    with step_lock(run, "encoder", enabled=accelerator.is_main_process):
+        return _train_locked(cfg, run, train=train, redraw=redraw, accelerator=accelerator, resume=resume,
+                             progress=progress)
+
+
+def _train_locked(
+    cfg: Config, run: RunDir, *, train: ImageSet, redraw: tuple[str, ...], accelerator: Accelerator,
+    resume: bool, progress: bool,
+) -> Encoder:
+    main, method = accelerator.is_main_process, get_method(cfg.ssl.method)
     steps = total_steps(len(train), cfg.ssl)
     step_fn, encoder = build_ssl_step(
         cfg, accelerator, train.num_classes, steps, len(train) // cfg.ssl.batch_size
@@ -255,6 +266,7 @@ def _train_locked(
     factor_views = FactorViews(train, redraw) if redraw else None
     ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
     if main:  # what a killed save of the encoder left
+        tidy_swap(run.root / ENCODER_DIR)
         sweep_temp(run.encoder)
     prepare_checkpoints(accelerator, ckpt_root, resume)
     start = 0
@@ -266,16 +278,28 @@ def _train_locked(
     _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress, identity)
     encoder.eval()
     if main:
-        with writing(run.encoder):
-            encoder.save(run.encoder)
-            # the bundle's metrics describe the bundle's model: replaced only once the model is
-            if log.path.is_file():
-                atomic_write_bytes(run.encoder_metrics, log.path.read_bytes())
+        save_bundle(run, cfg, encoder, log.path)
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices;
-        # recorded once the encoder it describes is saved, so a killed training leaves the old record.
+        # recorded once the encoder it describes is in place, so a killed training leaves the old record
+        # (and a kill between the two leaves the bundle's training.yaml, which `read_run_config` prefers).
         record_config(run, cfg, ALL_SECTIONS)
     accelerator.wait_for_everyone()
     return encoder
+
+
+def save_bundle(run: RunDir, cfg: Config, encoder: Encoder, metrics: Path) -> None:
+    """Swap in ``encoder/`` as one folder: the model, this training's metrics and its resolved config
+    (``training.yaml``). A kill at any instant leaves the previous bundle (its probes and the decoders trained
+    on it still valid) or the new one; never the new model beside the old metrics."""
+
+    def fill(folder: Path) -> None:
+        encoder.save(folder)
+        if metrics.is_file():
+            atomic_write_bytes(folder / run.encoder_metrics.name, metrics.read_bytes())
+        atomic_write_text(folder / run.encoder_training.name, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    with writing(run.root / ENCODER_DIR):
+        fill_and_replace_dir(run.root / ENCODER_DIR, fill)
 
 
 def _loop(

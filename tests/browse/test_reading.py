@@ -154,3 +154,35 @@ def test_row_notes_never_read_a_probes_file_outside_the_root(tmp_path, monkeypat
     run.probes.symlink_to(secret)
     monkeypatch.setattr(rcdm_viz.sample_run, "layer_notes", lambda *a: pytest.fail("read outside the root"))
     assert row_notes(run, {}) == {}
+
+
+@pytest.mark.parametrize("meta", [
+    {"layers": 3}, {"layers": [{"a": 1}]}, {"layers": ["trunk"], "resolution": "16"},
+    {"layers": ["trunk"], "n": True}, {"layers": ["trunk"], "alpha": ["x"]},
+    {"layers": ["trunk"], "format": 9},
+    [1, 2],
+])
+def test_a_wrong_typed_meta_json_is_one_notice_and_the_grid_still_shows(tmp_path, meta):
+    from rcdm_viz.runs import RunDir
+
+    folder = tmp_path / "samples" / "a"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (18, 18)).save(folder / "grid.png")
+    Image.new("RGB", (37, 18)).save(folder / "trunk.png")
+    Image.new("RGB", (16, 16)).save(folder / "input.png")
+    (folder / "meta.json").write_text(json.dumps(meta))
+    view = browse.load_sample(RunDir(tmp_path), "a")
+    assert view.grid is not None and view.meta == {} and "trunk" in view.strips
+    assert len(view.problems) == 1 and view.problems[0].startswith("meta.json ignored: ")
+    assert view.samples("trunk") == []  # no resolution known: no cutting by guess
+
+
+def test_metrics_lines_that_are_not_objects_are_skipped(tmp_path):
+    from rcdm_viz.runs import RunDir
+
+    (tmp_path / "encoder").mkdir()
+    lines = ['{"step": 1, "loss": 0.5}', "[1, 2]", '"text"', "7", '{"step": 2, "loss": 0.4}']
+    (tmp_path / "encoder" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    curves = browse.training_curves(RunDir(tmp_path))
+    assert [r["step"] for r in curves["encoder"]] == [1, 2]
+    assert browse.curve_columns(curves["encoder"]) == ["loss"]

@@ -132,3 +132,22 @@ def test_a_split_finished_before_the_kill_is_not_decoded_again(tmp_path, monkeyp
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in want.iterdir())
     for path in want.iterdir():
         assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+@pytest.mark.parametrize("damage", ["truncated images", "labels of another size", "label beyond the classes"])
+def test_a_torn_or_inconsistent_cache_is_refused_with_one_line(tmp_path, damage):
+    from rcdm_viz.data.cache import open_cache
+    from rcdm_viz.errors import RcdmVizError
+
+    out = tmp_path / "cache"
+    write_cache(_noise_folder(tmp_path / "imgs", 4), 8, out)
+    images, labels = out / "train.npy", out / "train-labels.npy"
+    if damage == "truncated images":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "labels of another size":
+        np.save(labels, np.zeros(3, np.int64))
+    else:
+        np.save(labels, np.full(len(np.load(labels)), 7, np.int64))
+    with pytest.raises(RcdmVizError, match="cache") as err:
+        open_cache(out, "train")
+    assert "\n" not in str(err.value) and "rcdm-viz cache" in str(err.value) or "classes" in str(err.value)
