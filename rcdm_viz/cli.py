@@ -146,8 +146,10 @@ def _sample_overrides(args: argparse.Namespace) -> list[str]:
 def _cache(args: argparse.Namespace) -> int:
     from rcdm_viz.data.cache import write_cache  # deferred: start-up cost
 
-    if args.resolution < 1:
-        raise RcdmVizError(f"--resolution must be >= 1, got {args.resolution}")
+    for flag, value, least in (("--resolution", args.resolution, 1), ("--workers", args.workers, 0),
+                               ("--chunk", args.chunk, 1)):
+        if value < least:
+            raise RcdmVizError(f"{flag} must be >= {least}, got {value}")
     meta = write_cache(args.data, args.resolution, args.out, args.workers, _progress(args), args.chunk)
     counts = ", ".join(f"{split} {n}" for split, n in meta["splits"].items())
     print(f"cache written to {args.out}: {counts} images, {len(meta['classes'])} classes")

@@ -416,10 +416,18 @@ class MetricsLog:
         """Drop records past ``step`` (used on resume so the log matches an uninterrupted run)."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [
-            ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step
-        ]
+        kept = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= step]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics line; a torn or foreign line counts as past every step (it is dropped)."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return float("inf")
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, int | float) and not isinstance(step, bool) else float("inf")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

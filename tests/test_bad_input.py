@@ -149,6 +149,8 @@ CASES = [
     (_set("decoder.feature_batch_size=99999999999999"), "decoder.feature_batch_size=99999999999999"),
     (_enc("data.decode_workers=-1"), "-1"),
     (_enc("data.n_train=64", "ssl.batch_size=100"), "ssl.batch_size 100"),
+    (["cache", "--data", "{f:afile}", "--resolution", "8", "--out", "c", "--workers=-1"], "--workers"),
+    (["cache", "--data", "{f:afile}", "--resolution", "8", "--out", "c", "--chunk", "0"], "--chunk"),
 ]
 
 
@@ -160,7 +162,8 @@ def _fill(arg: str, files: dict[str, Path]) -> str:
 def test_bad_input_is_one_line_naming_the_value(argv, named, files, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = [_fill(a, files) for a in argv]
-    run = ["--run", str(tmp_path / "run")] if argv[0] not in ("app", "report") and "--run" not in argv else []
+    runless = argv[0] in ("app", "report", "cache") or "--run" in argv
+    run = [] if runless else ["--run", str(tmp_path / "run")]
     assert main([*argv, *run, "--no-progress"] if argv[0] != "app" else argv) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and len(err) < 2500, err[:2500]
