@@ -194,8 +194,7 @@ def run_command(args: argparse.Namespace) -> int:
     elif args.command == "probe":
         from rcdm_viz.evaluation.probe_run import format_table, probe_run  # deferred: start-up cost
 
-        result = probe_run(cfg, run, progress=progress, layers=args.layers)
-        print(format_table(result["layers"], result["chance"]))
+        print(format_table(probe_run(cfg, run, progress=progress, layers=args.layers)))
     elif args.command == "train-decoder":
         from rcdm_viz.decoder.train import train_decoder  # deferred: start-up cost
 

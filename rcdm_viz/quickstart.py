@@ -19,6 +19,7 @@ from rcdm_viz.encoders.zoo import SOURCE_FILE
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.probe_run import format_table, probe_run
 from rcdm_viz.evaluation.report import report_run
+from rcdm_viz.records import LINEAR, MLP, ProbeRow
 from rcdm_viz.runs import ALL_LAYERS, ALL_SECTIONS, RunDir, read_json, read_metrics, record_config
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder
@@ -73,7 +74,7 @@ def quickstart(
     encoder.select_layers(layers)  # checked before the decoders train, not after
     with _stage(timings, "probe", say):
         probes = probe_run(cfg, run, progress=progress)
-    say(format_table(probes["layers"], probes["chance"]))
+    say(format_table(probes))
     # The shared decoder spends the whole budget on one UNet: each layer's row gets a better image model
     # than a per-layer decoder trained for 1/K of the steps would.
     for name in [ALL_LAYERS] if cfg.quickstart.shared_decoder else layers:
@@ -104,8 +105,9 @@ def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) ->
     layer holds keeps the shape about as often as a probe reads it)."""
     per_layer, info = decoder_scores(run)
     lines = []
-    probes = read_json(run.probes).get("layers", {}) if run.probes.is_file() else {}
-    shape = [f"{name} {per_layer[name]['shape_kept']:.2f} (probe {_acc(probes.get(name, {}))})"
+    report = run.read_probes()
+    probes = report.layers if report is not None else {}
+    shape = [f"{name} {per_layer[name]['shape_kept']:.2f} (probe {_acc(probes.get(name))})"
              for name in layers if "shape_kept" in per_layer.get(name, {})]
     if shape:
         lines.append(f"shape kept in the samples (linear / MLP probe accuracy): {', '.join(shape)}")
@@ -129,6 +131,7 @@ def machine_speed(run: RunDir, decoder: str) -> str:
             f"decoder {rate(run.decoder(decoder) / 'metrics.jsonl')} (median of the logged rates)")
 
 
-def _acc(row: dict) -> str:
+def _acc(row: ProbeRow | None) -> str:
     """'49% / 61%': a layer's linear and MLP probe accuracy ('-' where missing)."""
-    return " / ".join(f"{100 * row[k]:.0f}%" if k in row else "-" for k in ("linear_acc", "mlp_acc"))
+    accs = [None if row is None else row.accuracy(metric) for metric in (LINEAR, MLP)]
+    return " / ".join("-" if acc is None else f"{100 * acc:.0f}%" for acc in accs)

@@ -27,6 +27,10 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, _NUMBER) and not isinstance(value, bool)
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(k.__name__ for k in kinds)
@@ -87,4 +91,109 @@ class SampleMeta:
             resolution=_field(obj, "resolution", int, None),
             columns=_field(obj, "columns", int, None),
             alpha=None if alpha is None else tuple(float(a) for a in alpha),
+        )
+
+
+# ------------------------------------------------------------------------------------ encoder/probes.json
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-layer number a run records: its key in the files, a short column name, a legend label."""
+
+    key: str
+    short: str
+    label: str
+
+
+LINEAR = Metric("linear_acc", "linear", "linear")
+MLP = Metric("mlp_acc", "mlp", "MLP")
+KNN = Metric("knn_acc", "knn", "kNN (k=20)")
+BINARY = Metric("binary_acc", "binary", "linear, binarized")
+PROBE_ACCURACIES = (LINEAR, MLP, KNN, BINARY)  # the probes' accuracies, in the order tables show them
+FACTOR_R2 = "factor_r2"
+
+
+@dataclass(frozen=True)
+class ProbeRow:
+    """One layer's probes (``evaluation.probes.probe_layer``): accuracies in [0, 1] on the validation split,
+    sparsity, RankMe, and on synthetic scenes the factor R² with the ridge penalty chosen per factor."""
+
+    dim: int
+    linear_acc: float
+    knn_acc: float
+    binary_acc: float
+    sparsity: float
+    rankme: float
+    mlp_acc: float | None = None
+    factor_r2: dict[str, float] | None = None
+    factor_ridge: dict[str, float] | None = None
+
+    def accuracy(self, metric: Metric) -> float | None:
+        return getattr(self, metric.key)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProbeRow:
+        if not isinstance(obj, dict):
+            raise ValueError(f"a probe row is a {type(obj).__name__}, not a mapping")
+        numbers = {f.name: _field(obj, f.name, _NUMBER, None) for f in dataclasses.fields(cls)
+                   if f.name not in ("dim", FACTOR_R2, "factor_ridge")}
+        for key in ("linear_acc", "knn_acc", "binary_acc", "sparsity", "rankme"):
+            if numbers[key] is None:
+                raise ValueError(f"field '{key}' is missing")
+        return cls(dim=_field(obj, "dim", int), **numbers, factor_r2=_numbers(obj, FACTOR_R2),
+                   factor_ridge=_numbers(obj, "factor_ridge"))
+
+
+def _numbers(obj: dict[str, Any], key: str) -> dict[str, float] | None:
+    values = _field(obj, key, dict, None)
+    if values is not None and not all(_is_number(v) for v in values.values()):
+        raise ValueError(f"field '{key}' must map names to numbers")
+    return values
+
+
+@dataclass(frozen=True)
+class ProbeReport:
+    """``encoder/probes.json``: every layer's probes, the encoder's invariance per augmentation, the chance
+    accuracy, the split sizes, the encoder's fingerprint and width, and the probe config."""
+
+    layers: dict[str, ProbeRow]
+    invariance: dict[str, dict[str, float]]
+    chance: float
+    n_train: int
+    n_val: int
+    n_invariance: int
+    encoder: str
+    width: int | None
+    probe: dict[str, Any]
+
+    FORMAT = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": self.FORMAT, **dataclasses.asdict(self)}
+        out["layers"] = {name: row.to_json() for name, row in self.layers.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProbeReport:
+        if not isinstance(obj, dict):
+            raise ValueError(f"probes.json holds a {type(obj).__name__}, not a mapping")
+        fmt = obj.get("format", 1)
+        if fmt != cls.FORMAT:
+            raise ValueError(f"probes.json has format {str(fmt)[:20]!r}; this version reads {cls.FORMAT}")
+        layers = _field(obj, "layers", dict)
+        invariance = _field(obj, "invariance", dict, {})
+        if not all(isinstance(v, dict) for v in invariance.values()):
+            raise ValueError("field 'invariance' must map layers to scores")
+        return cls(
+            layers={str(name): ProbeRow.from_json(row) for name, row in layers.items()},
+            invariance=invariance,
+            chance=float(_field(obj, "chance", _NUMBER)),
+            n_train=_field(obj, "n_train", int), n_val=_field(obj, "n_val", int),
+            n_invariance=_field(obj, "n_invariance", int, 0),
+            encoder=_field(obj, "encoder", str, ""), width=_field(obj, "width", int, None),
+            probe=_field(obj, "probe", dict, {}),
         )

@@ -28,6 +28,7 @@ import yaml
 
 from rcdm_viz.config import Config, read_config_file, to_dict
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.records import ProbeReport
 
 ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
@@ -109,6 +110,16 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    def read_probes(self) -> ProbeReport | None:
+        """``encoder/probes.json`` as a typed record, None when the encoder has not been probed; a file of
+        another version or shape is a one-line error naming it."""
+        if not self.probes.is_file():
+            return None
+        try:
+            return ProbeReport.from_json(read_json(self.probes))
+        except ValueError as err:
+            raise RcdmVizError(f"'{self.probes}' cannot be read: {err}; run `rcdm-viz probe` again") from None
 
     def has_encoder(self) -> bool:
         return (self.encoder / "config.json").is_file() and (self.encoder / "model.safetensors").is_file()

@@ -31,7 +31,7 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
 from rcdm_viz.records import SampleMeta
-from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, read_json, sweep_temp, write_json
+from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, sweep_temp, write_json
 
 
 def _check_decoder(decoder: RCDMDecoder, path: Path, layer: str, encoder: Encoder, fingerprint: str) -> None:
@@ -77,10 +77,9 @@ def layer_notes(run: RunDir, scores: dict | None = None, factors: Sequence[str] 
     representation consistency, from ``scores`` (one image's ``scores.json``; else the mean over the run's
     ``samples/*/scores.json``), e.g. "acc 91%\nfloor hue kept 0.82\nshape kept 0.75\ncons 0.83"."""
     notes: dict[str, list[str]] = {}
-    if run.probes.is_file():
-        for name, row in read_json(run.probes).get("layers", {}).items():
-            if "linear_acc" in row:
-                notes.setdefault(name, []).append(f"acc {100 * row['linear_acc']:.0f}%")
+    report = run.read_probes()
+    for name, row in (report.layers if report is not None else {}).items():
+        notes.setdefault(name, []).append(f"acc {100 * row.linear_acc:.0f}%")
     per_layer = decoder_scores(run)[0] if scores is None else scores.get("layers", {})
     for name, row in per_layer.items():
         kept = row.get("factor_retention") or {}

@@ -139,7 +139,7 @@ def test_quickstart_runs_every_stage_into_one_run(tmp_path):
     assert (run.root / "decoders" / "all" / "config.json").is_file()
     assert not (run.root / "decoders" / "trunk").exists()  # shared, not one per layer
     assert [p.name for p in out["grids"]] == ["grid.png"]
-    assert set(out["probes"]["layers"]) >= {"trunk", "head1", "head2", "head3"}
+    assert set(out["probes"].layers) >= {"trunk", "head1", "head2", "head3"}
     assert (run.report / "layers.csv").is_file()
     assert "train decoder all" in out["timings"]
     assert any(line.strip().startswith("total") for line in lines)

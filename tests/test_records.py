@@ -31,3 +31,42 @@ def test_a_meta_written_before_the_format_key_still_reads():
 def test_a_wrong_field_is_a_value_error_naming_it(bad, named):
     with pytest.raises(ValueError, match=named):
         SampleMeta.from_json(bad)
+
+
+def _probe_report_json() -> dict:
+    row = {"dim": 8, "linear_acc": 0.5, "mlp_acc": 0.6, "knn_acc": 0.4, "binary_acc": 0.45, "sparsity": 0.1,
+           "rankme": 3.5, "factor_r2": {"floor_hue": 0.9}, "factor_ridge": {"floor_hue": 1.0}}
+    layers = {"trunk": row, "head1": {**row, "factor_r2": None}}
+    return {"layers": layers, "invariance": {"trunk": {"crop": 0.7}},
+            "chance": 0.125, "n_train": 128, "n_val": 64, "n_invariance": 32, "encoder": "abc", "width": 32,
+            "probe": {"epochs": 30}}
+
+
+def test_a_probe_report_written_by_the_landed_version_reads_and_round_trips():
+    from rcdm_viz.records import LINEAR, MLP, ProbeReport
+
+    old = _probe_report_json()
+    del old["layers"]["head1"]["factor_r2"]
+    report = ProbeReport.from_json(old)
+    assert report.layers["trunk"].accuracy(LINEAR) == 0.5 and report.layers["trunk"].accuracy(MLP) == 0.6
+    assert report.layers["head1"].factor_r2 is None
+    written = report.to_json()
+    assert written["format"] == 1 and ProbeReport.from_json(written) == report
+    assert {k: v for k, v in written.items() if k != "format"} == old  # the same file, plus its format
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda d: d["layers"]["trunk"].update(linear_acc="high"), "'linear_acc'"),
+    (lambda d: d["layers"]["trunk"].pop("knn_acc"), "'knn_acc'"),
+    (lambda d: d["layers"]["trunk"].update(factor_r2={"a": "x"}), "'factor_r2'"),
+    (lambda d: d.update(layers=[1]), "'layers'"),
+    (lambda d: d.update(format=3), "format"),
+])
+def test_a_damaged_probe_report_names_the_field(damage, named):
+    from rcdm_viz.records import ProbeReport
+
+    data = _probe_report_json()
+    del data["layers"]["head1"]["factor_r2"]
+    damage(data)
+    with pytest.raises(ValueError, match=named):
+        ProbeReport.from_json(data)

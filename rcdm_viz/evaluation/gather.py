@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.records import LINEAR, PROBE_ACCURACIES
 from rcdm_viz.runs import RunDir, atomic_write_text, read_json
 
 _MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
@@ -59,7 +60,7 @@ def gather_run(run: RunDir) -> dict:
 
     Raises a one-line error when the run has neither probes nor decoder scores.
     """
-    probes = read_json(run.probes) if run.probes.is_file() else None
+    probes = run.read_probes()
     scores, info = decoder_scores(run)
     if probes is None and not scores:
         raise RcdmVizError(
@@ -68,11 +69,11 @@ def gather_run(run: RunDir) -> dict:
         )
     layers: dict[str, dict] = {}
     if probes is not None:
-        for name, row in probes["layers"].items():
-            layers[name] = dict(row)
-            if row.get("factor_r2"):
-                layers[name]["factor_r2_mean"] = mean_finite(list(row["factor_r2"].values()))
-        for name, row in probes.get("invariance", {}).items():
+        for name, row in probes.layers.items():
+            layers[name] = row.to_json()
+            if row.factor_r2:
+                layers[name]["factor_r2_mean"] = mean_finite(list(row.factor_r2.values()))
+        for name, row in probes.invariance.items():
             layers.setdefault(name, {})["invariance"] = row
     for name, row in scores.items():
         layers.setdefault(name, {})["decoder"] = row
@@ -83,7 +84,7 @@ def gather_run(run: RunDir) -> dict:
         "width": encoder_cfg.get("width"),
         "head": encoder_cfg.get("head"),
         "method": (config.get("ssl") or {}).get("method"),
-        "chance": probes.get("chance") if probes else None,
+        "chance": probes.chance if probes else None,
         "distance": info["distance"],
         "scored_images": info["images"],
         "layers": layers,
@@ -129,7 +130,7 @@ def run_label(summary: dict) -> str:
 def by_width(summaries: list[dict]) -> list[dict]:
     """The width series among the runs, sorted by width: runs with probes and a width, of the (method, head)
     that spans the most widths, so that other experiments at one width (e.g. positives) are not joined in."""
-    runs = [s for s in summaries if s.get("width") and any("linear_acc" in r for r in s["layers"].values())]
+    runs = [s for s in summaries if s.get("width") and any(LINEAR.key in r for r in s["layers"].values())]
     if not runs:
         return []
     series: dict[tuple, list[dict]] = {}
@@ -174,7 +175,7 @@ def distinct_widths(runs: list[dict]) -> int:
 
 def markdown_table(summaries: list[dict], layers: Sequence[str] = ("trunk", "head")) -> str:
     """A Markdown table, one row per run x layer ("head" = the run's last projector layer), of the probes."""
-    cols = ["linear_acc", "mlp_acc", "knn_acc", "binary_acc"]
+    cols = [m.key for m in PROBE_ACCURACIES]
     lines = [
         "| run | D | layer | linear | MLP | kNN | binarized | sparsity | RankMe | factor R² (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -183,7 +184,7 @@ def markdown_table(summaries: list[dict], layers: Sequence[str] = ("trunk", "hea
         for wanted in layers:
             layer = head_layer(s) if wanted == "head" else wanted
             row = s["layers"].get(layer or "", {})
-            if "linear_acc" not in row:
+            if LINEAR.key not in row:
                 continue
             accs = " | ".join(f"{100 * row[c]:.1f}%" if c in row else "-" for c in cols)
             r2 = f"{row['factor_r2_mean']:.3f}" if "factor_r2_mean" in row else "-"

@@ -19,24 +19,21 @@ from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.invariance import encoder_invariance
 from rcdm_viz.evaluation.probes import factor_targets, probe_layers
 from rcdm_viz.features import FeatureTable, cached_features
+from rcdm_viz.records import PROBE_ACCURACIES, ProbeReport
 from rcdm_viz.runs import RunDir, write_json
 
 
-def format_table(results: dict[str, dict], chance: float | None = None) -> str:
+def format_table(report: ProbeReport) -> str:
     """A plain-text table of per-layer probe results (accuracies in %, factor R² averaged)."""
-    cols = [("linear_acc", "linear"), ("mlp_acc", "mlp"), ("knn_acc", "knn"), ("binary_acc", "binary")]
-    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{t:>7}" for _, t in cols)
+    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{m.short:>7}" for m in PROBE_ACCURACIES)
              + f" {'sparsity':>8} {'rankme':>7} {'factor R2':>9}"]
-    for name, row in results.items():
-        accs = " ".join(f"{100 * row[k]:>6.1f}%" if k in row else f"{'-':>7}" for k, _ in cols)
-        r2 = row.get("factor_r2")
+    for name, row in report.layers.items():
+        accs = " ".join(f"{'-':>7}" if (acc := row.accuracy(m)) is None else f"{100 * acc:>6.1f}%"
+                        for m in PROBE_ACCURACIES)
+        r2 = row.factor_r2
         r2_text = f"{sum(r2.values()) / len(r2):>9.3f}" if r2 else f"{'-':>9}"
-        lines.append(
-            f"{name:<8} {int(row['dim']):>6} {accs} {row.get('sparsity', 0):>8.3f} "
-            f"{row.get('rankme', 0):>7.1f} {r2_text}"
-        )
-    if chance is not None:
-        lines.append(f"(chance: {100 * chance:.1f}%; factor R2 = mean over factors)")
+        lines.append(f"{name:<8} {row.dim:>6} {accs} {row.sparsity:>8.3f} {row.rankme:>7.1f} {r2_text}")
+    lines.append(f"(chance: {100 * report.chance:.1f}%; factor R2 = mean over factors)")
     return "\n".join(lines)
 
 
@@ -65,12 +62,9 @@ class _Loaded(Mapping):
 
 def probe_run(
     cfg: Config, run: RunDir, progress: bool = True, layers: str | Sequence[str] | None = None
-) -> dict:
-    """Every probe at every layer of a run's encoder, plus encoder invariance; writes encoder/probes.json.
-
-    Returns {"layers": {layer: row}, "invariance": {layer: {aug: score}}, "chance", "n_train", "n_val",
-    "encoder": fingerprint, "probe": the probe config}.
-    """
+) -> ProbeReport:
+    """Every probe at every layer of a run's encoder, plus encoder invariance; writes encoder/probes.json
+    (``records.ProbeReport``) and returns it."""
     encoder = load_encoder(run.require_encoder())
     names = encoder.select_layers(layers, stages=True)
     res = encoder.config["resolution"]
@@ -93,16 +87,10 @@ def probe_run(
     )
     n_inv = min(len(val), cfg.probe.invariance_images)
     invariance = encoder_invariance(encoder, val.batch(torch.arange(n_inv)), layers=names)
-    summary = {
-        "layers": results,
-        "invariance": invariance,
-        "chance": float(torch.bincount(val.labels).max()) / len(val),
-        "n_train": len(train),
-        "n_val": len(val),
-        "n_invariance": n_inv,
-        "encoder": encoder.fingerprint(),
-        "width": encoder.config["width"],
-        "probe": to_dict(cfg.probe),
-    }
-    write_json(run.probes, summary)
-    return summary
+    report = ProbeReport(
+        layers=results, invariance=invariance, chance=float(torch.bincount(val.labels).max()) / len(val),
+        n_train=len(train), n_val=len(val), n_invariance=n_inv, encoder=encoder.fingerprint(),
+        width=encoder.config["width"], probe=to_dict(cfg.probe),
+    )
+    write_json(run.probes, report.to_json())
+    return report

@@ -18,6 +18,7 @@ from rcdm_viz.config import ProbeConfig, ProbeSolver
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import binarize
 from rcdm_viz.progress import tqdm
+from rcdm_viz.records import ProbeRow
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -303,22 +304,23 @@ def probe_layer(
     cfg: ProbeConfig,
     train_t: dict[str, Tensor] | None = None,
     val_t: dict[str, Tensor] | None = None,
-) -> dict:
+) -> ProbeRow:
     """Every probe of one layer: linear/MLP/kNN/binarized accuracy, sparsity, RankMe, factor R²."""
-    row: dict = {"dim": int(train_x.shape[1])}
-    row["linear_acc"] = linear_probe(train_x, train_y, val_x, val_y, cfg)
-    if cfg.mlp_epochs > 0:
-        row["mlp_acc"] = mlp_probe(train_x, train_y, val_x, val_y, cfg)
-    row["knn_acc"] = knn_accuracy(train_x, train_y, val_x, val_y, cfg.knn_k, cfg.knn_temperature)
-    row["binary_acc"] = linear_probe(binarize(train_x), train_y, binarize(val_x), val_y, cfg)
-    row["sparsity"] = sparsity(val_x)
-    row["rankme"] = rankme(train_x[: cfg.rankme_n])
+    linear = linear_probe(train_x, train_y, val_x, val_y, cfg)  # in this order: the probes share the RNG
+    mlp = mlp_probe(train_x, train_y, val_x, val_y, cfg) if cfg.mlp_epochs > 0 else None
+    knn = knn_accuracy(train_x, train_y, val_x, val_y, cfg.knn_k, cfg.knn_temperature)
+    binary = linear_probe(binarize(train_x), train_y, binarize(val_x), val_y, cfg)
+    factor_r2 = factor_ridge = None
     if train_t is not None and val_t is not None:
-        row["factor_ridge"] = {}
-        row["factor_r2"] = factor_probe(
-            train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout, chosen=row["factor_ridge"]
+        factor_ridge = {}
+        factor_r2 = factor_probe(
+            train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout, chosen=factor_ridge
         )
-    return row
+    return ProbeRow(
+        dim=int(train_x.shape[1]), linear_acc=linear, mlp_acc=mlp, knn_acc=knn, binary_acc=binary,
+        sparsity=sparsity(val_x), rankme=rankme(train_x[: cfg.rankme_n]), factor_r2=factor_r2,
+        factor_ridge=factor_ridge,
+    )
 
 
 def probe_layers(
@@ -330,7 +332,7 @@ def probe_layers(
     progress: bool = False,
     train_t: dict[str, Tensor] | None = None,
     val_t: dict[str, Tensor] | None = None,
-) -> dict[str, dict]:
+) -> dict[str, ProbeRow]:
     """``probe_layer`` for every layer of ``train_feats``: layer -> its row."""
     results = {}
     for name in tqdm(list(train_feats), desc="probes", disable=not progress, leave=False):

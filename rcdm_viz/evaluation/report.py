@@ -37,18 +37,14 @@ from rcdm_viz.evaluation.gather import (  # noqa: E402
     width_series,
     write_csv,
 )
+from rcdm_viz.records import BINARY, LINEAR, MLP, PROBE_ACCURACIES
 from rcdm_viz.runs import RunDir, atomic_write_bytes, atomic_write_text, write_json  # noqa: E402
 
 # Gathering lives in rcdm_viz.evaluation.gather; these names stay importable from here.
 __all__ = ["compare_runs", "decoder_scores", "flat_rows", "gather_run", "markdown_table", "report_run",
            "width_series"]
 
-ACCURACIES = {
-    "linear_acc": "linear",
-    "mlp_acc": "MLP",
-    "knn_acc": "kNN (k=20)",
-    "binary_acc": "linear, binarized",
-}
+ACCURACIES = {metric.key: metric.label for metric in PROBE_ACCURACIES}
 DECODER_SCORES = {
     "consistency": "representation consistency",
     "retrieval_top1": "retrieval top-1",
@@ -74,7 +70,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def plot_probe_accuracy(summary: dict, path: Path) -> Path | None:
     """Probe accuracy per layer, one line per probe (GR Figure 1 style)."""
-    layers = [n for n, r in summary["layers"].items() if "linear_acc" in r]
+    layers = [n for n, r in summary["layers"].items() if LINEAR.key in r]
     if not layers:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
@@ -200,9 +196,9 @@ def plot_accuracy_vs_width(runs: list[dict], path: Path) -> Path | None:
     if distinct_widths(runs) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"]["linear_acc"], marker="o",
+    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"][LINEAR.key], marker="o",
                                 label="trunk")
-    _plot_width_series(ax, runs, lambda s: 100 * s["layers"][h]["linear_acc"] if (h := head_layer(s))
+    _plot_width_series(ax, runs, lambda s: 100 * s["layers"][h][LINEAR.key] if (h := head_layer(s))
                        else math.nan, marker="s", label="last projector layer")
     if runs[0].get("chance") is not None:
         ax.axhline(100 * runs[0]["chance"], color="grey", ls="--", lw=1, label="chance")
@@ -232,7 +228,7 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for key, shift, label in (("linear_acc", -0.2, "continuous"), ("binary_acc", 0.2, "binarized (x > 0)")):
+    for key, shift, label in ((LINEAR.key, -0.2, "continuous"), (BINARY.key, 0.2, "binarized (x > 0)")):
         widths, means, err = width_series(runs, lambda s, k=key: 100 * s["layers"]["trunk"][k])
         xs = [x + shift for x in range(len(widths))]
         ax.bar(xs, means, 0.4, yerr=err, capsize=3, label=label)
@@ -247,11 +243,11 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
 
 def plot_linear_vs_mlp(runs: list[dict], path: Path) -> Path | None:
     """Trunk linear vs MLP probe accuracy vs D (E/N Figure 8)."""
-    runs = [s for s in runs if "mlp_acc" in s["layers"]["trunk"]]
+    runs = [s for s in runs if MLP.key in s["layers"]["trunk"]]
     if distinct_widths(runs) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for key, marker, label in (("linear_acc", "o", "linear probe"), ("mlp_acc", "s", "MLP probe")):
+    for key, marker, label in ((LINEAR.key, "o", "linear probe"), (MLP.key, "s", "MLP probe")):
         widths = _plot_width_series(ax, runs, lambda s, k=key: 100 * s["layers"]["trunk"][k], marker=marker,
                                     label=label)
     _width_axis(ax, widths)
@@ -263,13 +259,13 @@ def plot_linear_vs_mlp(runs: list[dict], path: Path) -> Path | None:
 
 def plot_accuracy_by_layer(summaries: list[dict], path: Path) -> Path | None:
     """Linear-probe accuracy per layer, one line per run (GR Figures 1 and 6)."""
-    runs = [s for s in summaries if any("linear_acc" in r for r in s["layers"].values())]
+    runs = [s for s in summaries if any(LINEAR.key in r for r in s["layers"].values())]
     if not runs:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for s in runs:
-        layers = [n for n, r in s["layers"].items() if "linear_acc" in r]
-        ax.plot(layers, [100 * s["layers"][n]["linear_acc"] for n in layers], marker="o", label=run_label(s))
+        layers = [n for n, r in s["layers"].items() if LINEAR.key in r]
+        ax.plot(layers, [100 * s["layers"][n][LINEAR.key] for n in layers], marker="o", label=run_label(s))
     ax.set_xlabel("layer (shallow → deep)")
     ax.set_ylabel("linear probe top-1 (%)")
     ax.set_title("Accuracy per layer, per run")

@@ -65,7 +65,9 @@ def build_runs_root(base: Path, tiny_run) -> Path:
     shutil.copy(a.samples("val-00000") / "grid.png", interp / "grid.png")
     (interp / "meta.json").write_text(json.dumps({"layers": ["trunk"], "columns": 3, "alpha": [0, 0.5, 1]}))
     # Probes and report plots on run B (one plot readable, one corrupt).
-    probes = {"layers": {"trunk": {"linear_acc": 0.5, "dim": 32}, "head1": {"linear_acc": 0.25, "dim": 32}}}
+    row = {"dim": 32, "knn_acc": 0.3, "binary_acc": 0.3, "sparsity": 0.1, "rankme": 5.0}
+    probes = {"layers": {"trunk": {**row, "linear_acc": 0.5}, "head1": {**row, "linear_acc": 0.25}},
+              "chance": 0.125, "n_train": 128, "n_val": 64}
     b.probes.write_text(json.dumps(probes))
     b.report.mkdir()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(b.report / "accuracy.png")

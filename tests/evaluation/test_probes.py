@@ -24,6 +24,7 @@ from rcdm_viz.evaluation.probes import (
     sparsity,
 )
 from rcdm_viz.features import binarize
+from rcdm_viz.records import ProbeReport
 from rcdm_viz.runs import RunDir, read_json
 
 
@@ -93,7 +94,8 @@ def test_probe_run_writes_every_probe_for_every_layer(tiny_run):
     assert set(on_disk["invariance"]["trunk"]) == {a.value for a in Augmentation}
     assert (run.features / "probe-train" / "trunk.safetensors").is_file()
     again = probe_run(cfg, run, progress=False)  # from the cache: identical numbers
-    assert again["layers"] == result["layers"]
+    assert again.layers == result.layers and ProbeReport.from_json(on_disk) == result
+    assert run.read_probes() == result
 
 
 def test_probe_errors(tiny_run, tmp_path):
