@@ -97,7 +97,7 @@ def retention(
     for i in range(n_scenes):
         image = val.batch(torch.tensor([i]))[0]
         rows = sample_layers(encoder, {LAYER: decoder}, image, cfg.sample)
-        kept = score_image(encoder, image, rows, gallery, cfg.scores.distance)["layers"][LAYER]
+        kept = score_image(encoder, image, rows, gallery, cfg.scores.distance).layers[LAYER].to_json()
         for name in factors:
             total[name] += kept["factor_retention"][name] / n_scenes
         for name in other:

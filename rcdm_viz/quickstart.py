@@ -19,7 +19,7 @@ from rcdm_viz.encoders.zoo import SOURCE_FILE
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.probe_run import format_table, probe_run
 from rcdm_viz.evaluation.report import report_run
-from rcdm_viz.records import LINEAR, MLP, ProbeRow
+from rcdm_viz.records import DECODER_METRICS, LINEAR, MLP, ProbeRow
 from rcdm_viz.runs import ALL_LAYERS, ALL_SECTIONS, RunDir, read_json, read_metrics, record_config
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder
@@ -39,13 +39,12 @@ def format_scores(run: RunDir, layers: list[str]) -> str:
     perceptual distance they use named: the demo's last lines."""
     per_layer, info = decoder_scores(run)
     distance = ", ".join(info["distance"]) or "none"
-    names = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
     lines = [
         f"decoder scores (mean over {len(info['images'])} scored images; perceptual distance: {distance})",
-        f"{'layer':<8}" + "".join(f"{n:>16}" for n in names),
+        f"{'layer':<8}" + "".join(f"{m.key:>16}" for m in DECODER_METRICS),
     ]
     for layer in [name for name in layers if name in per_layer]:
-        cells = [per_layer[layer].get(n) for n in names]
+        cells = [getattr(per_layer[layer], m.key) for m in DECODER_METRICS]
         lines.append(f"{layer:<8}" + "".join(f"{v:>16.3f}" if v is not None else f"{'-':>16}" for v in cells))
     return "\n".join(lines)
 
@@ -107,13 +106,13 @@ def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) ->
     lines = []
     report = run.read_probes()
     probes = report.layers if report is not None else {}
-    shape = [f"{name} {per_layer[name]['shape_kept']:.2f} (probe {_acc(probes.get(name))})"
-             for name in layers if "shape_kept" in per_layer.get(name, {})]
+    shape = [f"{name} {per_layer[name].shape_kept:.2f} (probe {_acc(probes.get(name))})"
+             for name in layers if name in per_layer and per_layer[name].shape_kept is not None]
     if shape:
         lines.append(f"shape kept in the samples (linear / MLP probe accuracy): {', '.join(shape)}")
     for factor in factors:
-        kept = [f"{name} {per_layer[name]['factor_retention'][factor]:.2f}" for name in layers
-                if factor in per_layer.get(name, {}).get("factor_retention", {})]
+        retained = {name: per_layer[name].factor_retention or {} for name in layers if name in per_layer}
+        kept = [f"{name} {retained[name][factor]:.2f}" for name in retained if factor in retained[name]]
         if kept:
             name = factor.replace("_", " ")
             n = len(info["images"])

@@ -197,3 +197,80 @@ class ProbeReport:
             encoder=_field(obj, "encoder", str, ""), width=_field(obj, "width", int, None),
             probe=_field(obj, "probe", dict, {}),
         )
+
+
+# --------------------------------------------------------------------------- samples/<id>/scores.json
+
+FIDELITY = Metric("fidelity", "fidelity", "fidelity (distance to input)")
+DIVERSITY = Metric("diversity", "diversity", "diversity (distance between samples)")
+CONSISTENCY = Metric("consistency", "cons", "representation consistency")
+RETRIEVAL = Metric("retrieval_top1", "retrieval", "retrieval top-1")
+SHAPE_KEPT = Metric("shape_kept", "shape kept", "shape kept")
+GRAIN = Metric("grain", "grain", "grain (samples / input)")
+RETENTION_MEAN = Metric("retention_mean", "retention", "factor retention (mean)")  # over factors, gathered
+DECODER_METRICS = (FIDELITY, DIVERSITY, CONSISTENCY, RETRIEVAL, SHAPE_KEPT, GRAIN)  # one number per layer
+FACTOR_RETENTION = "factor_retention"  # factor -> retention, per layer
+N_IMAGES = "n_images"  # how many scored images a gathered mean is over
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerScores:
+    """One layer's samples of one input scored (``evaluation.scores``): the numbers of DECODER_METRICS, in
+    their order (diversity needs two samples; shape kept and factor retention need the scenes' oracle)."""
+
+    fidelity: float
+    diversity: float | None = None
+    consistency: float
+    retrieval_top1: float
+    shape_kept: float | None = None
+    grain: float
+    factor_retention: dict[str, float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> LayerScores:
+        if not isinstance(obj, dict):
+            raise ValueError(f"a layer's scores are a {type(obj).__name__}, not a mapping")
+        numbers = {m.key: _field(obj, m.key, _NUMBER, None) for m in DECODER_METRICS}
+        for metric in (FIDELITY, CONSISTENCY, RETRIEVAL, GRAIN):
+            if numbers[metric.key] is None:
+                raise ValueError(f"field '{metric.key}' is missing")
+        return cls(**numbers, factor_retention=_numbers(obj, FACTOR_RETENTION))
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """``samples/<id>/scores.json``: every layer's scores for one input, the perceptual distance used, the
+    number of samples and of gallery images, and the oracle's own validation quality when it was used."""
+
+    distance: str
+    n: int
+    gallery: int
+    layers: dict[str, LayerScores]
+    oracle_val_r2: dict[str, float] | None = None
+    oracle_val_shape_accuracy: float | None = None
+
+    FORMAT = 1
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": self.FORMAT, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
+        out["layers"] = {name: row.to_json() for name, row in self.layers.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ImageScores:
+        if not isinstance(obj, dict):
+            raise ValueError(f"scores.json holds a {type(obj).__name__}, not a mapping")
+        fmt = obj.get("format", 1)
+        if fmt != cls.FORMAT:
+            raise ValueError(f"scores.json has format {str(fmt)[:20]!r}; this version reads {cls.FORMAT}")
+        layers = _field(obj, "layers", dict)
+        return cls(
+            distance=_field(obj, "distance", str), n=_field(obj, "n", int),
+            gallery=_field(obj, "gallery", int),
+            layers={str(name): LayerScores.from_json(row) for name, row in layers.items()},
+            oracle_val_r2=_numbers(obj, "oracle_val_r2"),
+            oracle_val_shape_accuracy=_field(obj, "oracle_val_shape_accuracy", _NUMBER, None),
+        )

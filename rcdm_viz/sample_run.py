@@ -30,7 +30,7 @@ from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.scores import build_gallery, score_image
-from rcdm_viz.records import SampleMeta
+from rcdm_viz.records import CONSISTENCY, SHAPE_KEPT, ImageScores, LayerScores, SampleMeta
 from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, sweep_temp, write_json
 
 
@@ -71,25 +71,27 @@ def load_decoders(run: RunDir, layers: Sequence[str], encoder: Encoder) -> dict[
     return decoders
 
 
-def layer_notes(run: RunDir, scores: dict | None = None, factors: Sequence[str] = ()) -> dict[str, str]:
+def layer_notes(
+    run: RunDir, scores: dict[str, LayerScores] | None = None, factors: Sequence[str] = ()
+) -> dict[str, str]:
     """Per-layer notes for the grid's row labels: linear-probe accuracy (``encoder/probes.json``), the
     decoder samples' retention of each of ``factors`` (the factors the SSL views redrew) and their
-    representation consistency, from ``scores`` (one image's ``scores.json``; else the mean over the run's
+    representation consistency, from ``scores`` (one image's scores per layer; else the mean over the run's
     ``samples/*/scores.json``), e.g. "acc 91%\nfloor hue kept 0.82\nshape kept 0.75\ncons 0.83"."""
     notes: dict[str, list[str]] = {}
     report = run.read_probes()
     for name, row in (report.layers if report is not None else {}).items():
         notes.setdefault(name, []).append(f"acc {100 * row.linear_acc:.0f}%")
-    per_layer = decoder_scores(run)[0] if scores is None else scores.get("layers", {})
+    per_layer = decoder_scores(run)[0] if scores is None else scores
     for name, row in per_layer.items():
-        kept = row.get("factor_retention") or {}
+        kept = row.factor_retention or {}
         for factor in factors:
             if factor in kept and math.isfinite(kept[factor]):
                 notes.setdefault(name, []).append(f"{factor.replace('_', ' ')} kept {kept[factor]:.2f}")
-        if row.get("shape_kept") is not None and math.isfinite(row["shape_kept"]):
-            notes.setdefault(name, []).append(f"shape kept {row['shape_kept']:.2f}")
-        if row.get("consistency") is not None and math.isfinite(row["consistency"]):
-            notes.setdefault(name, []).append(f"cons {row['consistency']:.2f}")
+        for metric in (SHAPE_KEPT, CONSISTENCY):
+            value = getattr(row, metric.key)
+            if value is not None and math.isfinite(value):
+                notes.setdefault(name, []).append(f"{metric.short} {value:.2f}")
     return {name: "\n".join(lines) for name, lines in notes.items()}
 
 
@@ -167,7 +169,7 @@ def write_interpolation_dir(
 
 def write_sample_dir(
     out_dir: Path, image: Tensor, rows: dict[str, Tensor], notes: dict[str, str], cfg: SampleConfig,
-    scores: dict | None = None,
+    scores: ImageScores | None = None,
 ) -> Path:
     """Write grid.png, one strip per layer, meta.json and (given ``scores``) scores.json into ``out_dir``,
     swapped in as one folder (a killed sampling leaves the previous folder whole); returns the grid's
@@ -187,7 +189,7 @@ def write_sample_dir(
             )
         write_json(new / "meta.json", _sampling_meta(rows, cfg, res).to_json())
         if scores is not None:
-            write_json(new / "scores.json", scores)
+            write_json(new / "scores.json", scores.to_json())
 
     fill_and_replace_dir(out_dir, fill)
     return out_dir / "grid.png"
@@ -215,10 +217,8 @@ def sample_heldout(
         image = val.batch(torch.tensor([i]))[0]
         out = run.samples(f"val-{i:05d}")
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        result = None
-        if gallery is not None:
-            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-        notes = layer_notes(run, result, cfg.views.redraw_factors)
+        result = None if gallery is None else score_image(encoder, image, rows, gallery, cfg.scores.distance)
+        notes = layer_notes(run, None if result is None else result.layers, cfg.views.redraw_factors)
         paths.append(write_sample_dir(out, image, rows, notes, cfg.sample, result))
     return paths
 
@@ -251,10 +251,8 @@ def sample_images(
     paths = []
     for ident, (_, image) in zip(image_ids([p for p, _ in inputs]), inputs, strict=True):
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        result = None
-        if gallery is not None:
-            result = score_image(encoder, image, rows, gallery, cfg.scores.distance)
-        notes = layer_notes(run, result, cfg.views.redraw_factors)
+        result = None if gallery is None else score_image(encoder, image, rows, gallery, cfg.scores.distance)
+        notes = layer_notes(run, None if result is None else result.layers, cfg.views.redraw_factors)
         paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample, result))
     return paths
 

@@ -70,3 +70,41 @@ def test_a_damaged_probe_report_names_the_field(damage, named):
     damage(data)
     with pytest.raises(ValueError, match=named):
         ProbeReport.from_json(data)
+
+
+def test_image_scores_round_trip_and_refuse_a_wrong_type():
+    from rcdm_viz.records import ImageScores, LayerScores
+
+    row = LayerScores(fidelity=0.1, diversity=0.2, consistency=0.5, retrieval_top1=1.0, shape_kept=0.25,
+                      grain=1.4, factor_retention={"floor_hue": 0.8})
+    scores = ImageScores(distance="lpips-alex", n=8, gallery=255, layers={"trunk": row},
+                         oracle_val_r2={"floor_hue": 0.9}, oracle_val_shape_accuracy=0.86)
+    written = scores.to_json()
+    assert list(written["layers"]["trunk"]) == ["fidelity", "diversity", "consistency", "retrieval_top1",
+                                                "shape_kept", "grain", "factor_retention"]
+    assert ImageScores.from_json(written) == scores
+    written["layers"]["trunk"]["grain"] = "coarse"
+    with pytest.raises(ValueError, match="'grain'"):
+        ImageScores.from_json(written)
+
+
+def test_every_record_key_is_spelled_in_records_only():
+    """The keys of the run's files appear as string literals in rcdm_viz/records.py and nowhere else in the
+    package: adding a metric is one change in one module."""
+    import ast
+    from pathlib import Path
+
+    import rcdm_viz
+    from rcdm_viz import records
+
+    keys = {m.key for m in (*records.PROBE_ACCURACIES, *records.DECODER_METRICS, records.RETENTION_MEAN)}
+    keys |= {records.FACTOR_R2, records.FACTOR_RETENTION, "oracle_val_r2", "oracle_val_shape_accuracy"}
+    package = Path(rcdm_viz.__file__).parent
+    found = []
+    for path in package.rglob("*.py"):
+        if path.name == "records.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in keys:
+                found.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+    assert found == []

@@ -12,6 +12,7 @@ from rcdm_viz.browse.reading import RunSummary, read_config, run_config
 from rcdm_viz.browse.roots import confined, refused
 from rcdm_viz.config import Config, SampleConfig, SamplerName, parse_enum
 from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError
+from rcdm_viz.records import LayerScores
 from rcdm_viz.runs import RunDir
 
 # ----------------------------------------------------------------------------------- live sampling
@@ -136,6 +137,7 @@ def row_notes(run: RunDir, scores: dict[str, dict[str, Any]] | None = None) -> d
     redrawn = (read_config(run, []).get("views") or {}).get("redraw_factors") or ()
     redrawn = [redrawn] if isinstance(redrawn, str) else redrawn
     try:
-        return layer_notes(run, None if scores is None else {"layers": scores}, tuple(map(str, redrawn)))
+        rows = None if scores is None else {name: LayerScores.from_json(row) for name, row in scores.items()}
+        return layer_notes(run, rows, tuple(map(str, redrawn)))
     except (RcdmVizError, AttributeError, KeyError, TypeError, ValueError, OSError, RecursionError):
         return {}

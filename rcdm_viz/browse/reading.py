@@ -25,7 +25,7 @@ from rcdm_viz.browse.roots import (
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError, short
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
-from rcdm_viz.records import SampleMeta
+from rcdm_viz.records import ImageScores, SampleMeta
 from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
 # A stored grid is at most a few thousand pixels a side; a larger image is shown as a notice, not decoded.
@@ -360,8 +360,14 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
                 problems.append(f"samples of layer '{layer}': {err}")
             else:
                 strips[str(layer)] = img
-    raw_scores = layer_rows(_read_json(run, folder / "scores.json", problems))
-    scores = {layer: _flat(row) for layer, row in raw_scores.items()}
+    raw_scores = _read_json(run, folder / "scores.json", problems)
+    scores = {}
+    if raw_scores is not None:
+        try:
+            rows = ImageScores.from_json(raw_scores).layers
+            scores = {layer: _flat(row.to_json()) for layer, row in rows.items()}
+        except ValueError as err:
+            problems.append(f"scores.json ignored: {err}")
     return SampleView(image_id, grid, shown, strips, meta, scores, problems)
 
 

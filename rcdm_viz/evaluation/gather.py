@@ -16,10 +16,16 @@ from pathlib import Path
 import yaml
 
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.records import LINEAR, PROBE_ACCURACIES
+from rcdm_viz.records import (
+    DECODER_METRICS,
+    LINEAR,
+    N_IMAGES,
+    PROBE_ACCURACIES,
+    RETENTION_MEAN,
+    ImageScores,
+    LayerScores,
+)
 from rcdm_viz.runs import RunDir, atomic_write_text, read_json
-
-_MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
 
 
 def mean_finite(values: Sequence[float]) -> float:
@@ -27,32 +33,36 @@ def mean_finite(values: Sequence[float]) -> float:
     return sum(finite) / len(finite) if finite else float("nan")
 
 
-def decoder_scores(run: RunDir) -> tuple[dict[str, dict], dict]:
+def decoder_scores(run: RunDir) -> tuple[dict[str, LayerScores], dict]:
     """Decoder scores per layer averaged over every ``samples/*/scores.json``; and what they are based on.
 
-    Returns ({layer: {score: mean, "factor_retention": {factor: mean}, "n_images": k}}, info) with info =
-    {"distance": names, "images": ids}.
+    Returns ({layer: the mean of each score}, info) with info = {"distance": names, "images": ids,
+    "n_images": {layer: how many images scored it}}. A scores.json that cannot be read is a one-line error.
     """
     files = sorted((run.root / "samples").glob("*/scores.json"))
-    per_layer: dict[str, list[dict]] = {}
+    per_layer: dict[str, list[LayerScores]] = {}
     distances, images = set(), []
     for path in files:
-        data = read_json(path)
-        distances.add(data.get("distance"))
+        try:
+            scores = ImageScores.from_json(read_json(path))
+        except ValueError as err:
+            raise RcdmVizError(f"'{path}' cannot be read: {err}; sample that image again") from None
+        distances.add(scores.distance)
         images.append(path.parent.name)
-        for layer, row in data.get("layers", {}).items():
+        for layer, row in scores.layers.items():
             per_layer.setdefault(layer, []).append(row)
-    out = {}
-    for layer, rows in per_layer.items():
-        agg = {k: mean_finite([r.get(k) for r in rows]) for k in _MEANS}
-        factors = sorted({f for r in rows for f in r.get("factor_retention", {})})
-        if factors:
-            retention = [r.get("factor_retention", {}) for r in rows]
-            agg["factor_retention"] = {f: mean_finite([r.get(f) for r in retention]) for f in factors}
-            agg["retention_mean"] = mean_finite(list(agg["factor_retention"].values()))
-        agg["n_images"] = len(rows)
-        out[layer] = agg
-    return out, {"distance": sorted(d for d in distances if d), "images": images}
+    out = {layer: _mean_scores(rows) for layer, rows in per_layer.items()}
+    counts = {layer: len(rows) for layer, rows in per_layer.items()}
+    return out, {"distance": sorted(d for d in distances if d), "images": images, N_IMAGES: counts}
+
+
+def _mean_scores(rows: list[LayerScores]) -> LayerScores:
+    """The mean of every score over ``rows`` (non-finite and missing values left out)."""
+    means = {m.key: mean_finite([getattr(r, m.key) for r in rows]) for m in DECODER_METRICS}
+    factors = sorted({f for r in rows for f in r.factor_retention or {}})
+    retention = [r.factor_retention or {} for r in rows]
+    kept = {f: mean_finite([r.get(f) for r in retention]) for f in factors} or None
+    return LayerScores(**means, factor_retention=kept)
 
 
 def gather_run(run: RunDir) -> dict:
@@ -76,7 +86,10 @@ def gather_run(run: RunDir) -> dict:
         for name, row in probes.invariance.items():
             layers.setdefault(name, {})["invariance"] = row
     for name, row in scores.items():
-        layers.setdefault(name, {})["decoder"] = row
+        gathered = row.to_json()
+        if row.factor_retention:
+            gathered[RETENTION_MEAN.key] = mean_finite(list(row.factor_retention.values()))
+        layers.setdefault(name, {})["decoder"] = {**gathered, N_IMAGES: info[N_IMAGES][name]}
     config = yaml.safe_load(run.config.read_text()) if run.config.is_file() else {}
     encoder_cfg = read_json(run.encoder / "config.json") if (run.encoder / "config.json").is_file() else {}
     return {

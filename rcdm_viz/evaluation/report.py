@@ -37,7 +37,19 @@ from rcdm_viz.evaluation.gather import (  # noqa: E402
     width_series,
     write_csv,
 )
-from rcdm_viz.records import BINARY, LINEAR, MLP, PROBE_ACCURACIES
+from rcdm_viz.records import (
+    BINARY,
+    CONSISTENCY,
+    DIVERSITY,
+    FACTOR_R2,
+    FIDELITY,
+    LINEAR,
+    MLP,
+    N_IMAGES,
+    PROBE_ACCURACIES,
+    RETENTION_MEAN,
+    RETRIEVAL,
+)
 from rcdm_viz.runs import RunDir, atomic_write_bytes, atomic_write_text, write_json  # noqa: E402
 
 # Gathering lives in rcdm_viz.evaluation.gather; these names stay importable from here.
@@ -45,13 +57,7 @@ __all__ = ["compare_runs", "decoder_scores", "flat_rows", "gather_run", "markdow
            "width_series"]
 
 ACCURACIES = {metric.key: metric.label for metric in PROBE_ACCURACIES}
-DECODER_SCORES = {
-    "consistency": "representation consistency",
-    "retrieval_top1": "retrieval top-1",
-    "retention_mean": "factor retention (mean)",
-    "fidelity": "fidelity (distance to input)",
-    "diversity": "diversity (distance between samples)",
-}
+DECODER_SCORES = {m.key: m.label for m in (CONSISTENCY, RETRIEVAL, RETENTION_MEAN, FIDELITY, DIVERSITY)}
 
 # ------------------------------------------------------------------------------------------- gathering
 
@@ -114,7 +120,7 @@ def _layer_matrix(summary: dict, key: str) -> tuple[list[str], list[str], list[l
 
 def plot_factor_r2(summary: dict, path: Path) -> Path | None:
     """Linear-regression R² per layer x factor (GR Figure 2)."""
-    if (table := _layer_matrix(summary, "factor_r2")) is None:
+    if (table := _layer_matrix(summary, FACTOR_R2)) is None:
         return None
     layers, factors, matrix = table
     return _heatmap(matrix, layers, factors, "Factor read-out per layer (linear regression)",
@@ -140,12 +146,12 @@ def plot_decoder_scores(summary: dict, path: Path) -> Path | None:
     for key, label in DECODER_SCORES.items():
         vals = [summary["layers"][n]["decoder"].get(key, float("nan")) for n in layers]
         if any(math.isfinite(v) for v in vals):
-            ax = axes[1] if key in ("fidelity", "diversity") else axes[0]
+            ax = axes[1] if key in (FIDELITY.key, DIVERSITY.key) else axes[0]
             ax.plot(layers, vals, marker="o", label=label)
             if ax is axes[0]:
                 low = min(low, *(v for v in vals if math.isfinite(v)))
     dist = ", ".join(summary.get("distance") or ["?"])
-    n_img = max(summary["layers"][n]["decoder"]["n_images"] for n in layers)
+    n_img = max(summary["layers"][n]["decoder"][N_IMAGES] for n in layers)
     axes[0].set_ylim(low - 0.05, 1.05)  # the scale's two anchors, 0 and 1, always shown
     axes[0].axhline(0, color="grey", lw=0.8)
     axes[0].set_ylabel("score (1 = kept, 0 = another image)")
@@ -166,7 +172,7 @@ def report_run(run: RunDir) -> dict:
     write_csv(out / "layers.csv", flat_rows(summary))
     plots = {
         "probe_accuracy": plot_probe_accuracy(summary, out / "probe_accuracy.png"),
-        "factor_r2": plot_factor_r2(summary, out / "factor_r2.png"),
+        FACTOR_R2: plot_factor_r2(summary, out / f"{FACTOR_R2}.png"),
         "invariance": plot_invariance(summary, out / "invariance.png"),
         "decoder_scores": plot_decoder_scores(summary, out / "decoder_scores.png"),
     }

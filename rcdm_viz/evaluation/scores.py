@@ -10,6 +10,7 @@ distance; ``distance`` in the output always names the one used.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from rcdm_viz.evaluation.oracle import (
 )
 from rcdm_viz.evaluation.perceptual import LPIPS_MIN_SIDE, lpips_available, make_lpips_distance
 from rcdm_viz.features import encode_batches
+from rcdm_viz.records import ImageScores, LayerScores
 from rcdm_viz.runs import RunDir
 from rcdm_viz.weights import search_dirs
 
@@ -164,53 +166,53 @@ def build_gallery(
 
 def layer_scores(
     samples: Tensor, image: Tensor, h_samples: Tensor, h_x: Tensor, h_gallery: Tensor, distance: PairDistance
-) -> dict:
-    """Diversity, fidelity, consistency and retrieval of one layer for one input.
+) -> LayerScores:
+    """Diversity, fidelity, consistency, retrieval and grain of one layer for one input.
 
     samples [n, 3, H, W] and image [3, H, W] at the decoder's resolution; h_* as in
     ``consistency_and_retrieval``.
     """
     consistency, retrieval = consistency_and_retrieval(h_samples, h_x, h_gallery)
-    row: dict = {
-        "fidelity": fidelity(samples, image, distance),
-        "consistency": consistency,
-        "retrieval_top1": retrieval,
-        "grain": grain(samples, image),
-    }
-    if len(samples) >= 2:
-        row["diversity"] = diversity(samples, distance)
-    return row
+    return LayerScores(
+        fidelity=fidelity(samples, image, distance),
+        consistency=consistency,
+        retrieval_top1=retrieval,
+        grain=grain(samples, image),
+        diversity=diversity(samples, distance) if len(samples) >= 2 else None,
+    )
 
 
 def score_image(
     encoder: nn.Module, image: Tensor, rows: dict[str, Tensor], gallery: Gallery, distance: Distance
-) -> dict:
+) -> ImageScores:
     """Scores of every layer's samples for one input image (any size; fitted like the grid's column 0).
 
-    rows: layer -> samples [n, 3, h, w] in [0, 1]. Returns {"distance", "n", "gallery", "layers": {layer:
-    {fidelity, diversity, consistency, retrieval_top1, grain[, factor_retention, shape_kept]}}[,
-    "oracle_val_r2", "oracle_val_shape_accuracy"]}.
+    rows: layer -> samples [n, 3, h, w] in [0, 1]. Returns the record of ``scores.json``: per layer fidelity,
+    diversity, consistency, retrieval top-1, grain, and with the oracle factor retention and shape kept.
     """
     side = next(iter(rows.values())).shape[-1]
     kind = resolve_distance(distance, side)
     dist = make_distance(kind)
     shown = fit(image, side)
     keep = gallery.without(shown)
-    layers = list(rows)
-    h_x = encode(encoder, image[None], layers)
-    n = len(next(iter(rows.values())))
-    result: dict = {"distance": kind.value, "n": n, "gallery": len(keep), "layers": {}}
-    if gallery.oracle is not None and gallery.oracle_pred is not None and gallery.oracle_quality is not None:
-        result["oracle_val_r2"] = gallery.oracle_quality.r2
-        result["oracle_val_shape_accuracy"] = gallery.oracle_quality.shape_accuracy
-        x_pred, x_shape = gallery.oracle.read(shown[None])
+    h_x = encode(encoder, image[None], list(rows))
+    complete = gallery.oracle_pred is not None and gallery.oracle_quality is not None
+    oracle = gallery.oracle if complete else None
+    if oracle is not None:
+        x_pred, x_shape = oracle.read(shown[None])
         others = {k: v[keep] for k, v in gallery.oracle_pred.items()}
+    layers = {}
     for layer, samples in rows.items():
         h_s = encode(encoder, samples, [layer])[layer]
         row = layer_scores(samples, shown, h_s, h_x[layer][0], gallery.reps[layer][keep], dist)
-        if gallery.oracle is not None:
-            s_pred, s_shape = gallery.oracle.read(samples)
-            row["factor_retention"] = factor_retention(s_pred, x_pred, others)
-            row["shape_kept"] = shape_kept(s_shape, x_shape)
-        result["layers"][layer] = row
-    return result
+        if oracle is not None:
+            s_pred, s_shape = oracle.read(samples)
+            row = dataclasses.replace(row, factor_retention=factor_retention(s_pred, x_pred, others),
+                                      shape_kept=shape_kept(s_shape, x_shape))
+        layers[layer] = row
+    quality = gallery.oracle_quality if oracle is not None else None
+    return ImageScores(
+        distance=kind.value, n=len(next(iter(rows.values()))), gallery=len(keep), layers=layers,
+        oracle_val_r2=None if quality is None else quality.r2,
+        oracle_val_shape_accuracy=None if quality is None else quality.shape_accuracy,
+    )

@@ -52,7 +52,8 @@ def build_runs_root(base: Path, tiny_run) -> Path:
     _sample_into(a, cfg, "val-00000", seed=0)
     shutil.copytree(a.root, b.root, ignore=skip)
     _sample_into(b, cfg, "val-00000", seed=1)
-    scores = {"layers": {"trunk": {"diversity": 0.25, "consistency": 0.5}}}
+    trunk = {"fidelity": 0.1, "diversity": 0.25, "consistency": 0.5, "retrieval_top1": 1.0, "grain": 1.2}
+    scores = {"distance": "1-ssim", "n": 2, "gallery": 23, "layers": {"trunk": trunk}}
     (a.samples("val-00000") / "scores.json").write_text(json.dumps(scores))
     # A sample directory whose grid and layer strip are corrupt (e.g. a copy cut short).
     broken = a.samples("broken")

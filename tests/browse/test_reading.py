@@ -186,3 +186,20 @@ def test_metrics_lines_that_are_not_objects_are_skipped(tmp_path):
     curves = browse.training_curves(RunDir(tmp_path))
     assert [r["step"] for r in curves["encoder"]] == [1, 2]
     assert browse.curve_columns(curves["encoder"]) == ["loss"]
+
+
+def test_a_wrong_typed_scores_json_is_one_notice(tmp_path):
+    from rcdm_viz.runs import RunDir
+
+    folder = tmp_path / "samples" / "a"
+    folder.mkdir(parents=True)
+    for name, size in (("grid.png", (18, 18)), ("input.png", (16, 16)), ("trunk.png", (18, 18))):
+        Image.new("RGB", size).save(folder / name)
+    (folder / "meta.json").write_text(json.dumps({"layers": ["trunk"], "resolution": 16}))
+    row = {"fidelity": "x", "consistency": 1, "retrieval_top1": 1, "grain": 1}
+    (folder / "scores.json").write_text(json.dumps({"distance": "1-ssim", "n": 1, "gallery": 3,
+                                                    "layers": {"trunk": row}}))
+    view = browse.load_sample(RunDir(tmp_path), "a")
+    assert view.scores == {}
+    assert view.problems == ["scores.json ignored: field 'fidelity' is str, not int or float"]
+    assert view.samples("trunk") and view.grid is not None

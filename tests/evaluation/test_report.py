@@ -16,6 +16,7 @@ from rcdm_viz.encoders import load_encoder
 from rcdm_viz.evaluation.oracle import OracleQuality, train_oracle
 from rcdm_viz.evaluation.probe_run import probe_run
 from rcdm_viz.evaluation.scores import Gallery, encode, resolve_distance, score_image
+from rcdm_viz.records import ImageScores
 from rcdm_viz.runs import RunDir, read_json
 from rcdm_viz.sample_run import layer_notes
 from tests.conftest import tiny_config
@@ -49,9 +50,9 @@ def test_perfect_decoder_keeps_every_factor_and_a_random_one_none(tiny_run, scen
     for i in range(16):
         x = val.batch(torch.tensor([i]))[0]
         copies = {"trunk": x.expand(4, -1, -1, -1).clone()}
-        perfect.append(score_image(encoder, x, copies, gallery, Distance.SSIM)["layers"]["trunk"])
+        perfect.append(score_image(encoder, x, copies, gallery, Distance.SSIM).layers["trunk"].to_json())
         others = {"trunk": test.batch(torch.arange(4 * i, 4 * i + 4))}
-        random.append(score_image(encoder, x, others, gallery, Distance.SSIM)["layers"]["trunk"])
+        random.append(score_image(encoder, x, others, gallery, Distance.SSIM).layers["trunk"].to_json())
     for row in perfect:
         assert all(v == pytest.approx(1.0, abs=1e-5) for v in row["factor_retention"].values())
         assert row["consistency"] == pytest.approx(1.0, abs=1e-5) and row["retrieval_top1"] == 1.0
@@ -97,7 +98,7 @@ def test_sample_scores_report_and_notes(tiny_run, tmp_path, capsys):
     trunk_note = notes["trunk"]
     assert trunk_note.startswith("acc ") and "cons " in trunk_note and "hue kept" not in trunk_note
     # the factors the SSL views redrew are named with their retention in this image's samples
-    notes = layer_notes(run, scores, ["floor_hue", "spot_hue"])
+    notes = layer_notes(run, ImageScores.from_json(scores).layers, ["floor_hue", "spot_hue"])
     kept = trunk["factor_retention"]
     assert f"floor hue kept {kept['floor_hue']:.2f}\nspot hue kept {kept['spot_hue']:.2f}" in notes["trunk"]
 
