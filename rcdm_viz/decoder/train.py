@@ -78,9 +78,8 @@ def training_data(
     dec = cfg.decoder
     dec_images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
     enc_images = _encoder_view(cfg, encoder, "train", None, dec_images)
-    feats = cached_features(
-        encoder, enc_images, layers, run.features, None, dec.feature_batch_size, progress, dec.binarize
-    )
+    feats = cached_features(encoder, enc_images, layers, run.features, batch_size=dec.feature_batch_size,
+                            progress=progress, binarize=dec.binarize)
     return dec_images, feats
 
 
@@ -144,8 +143,8 @@ class DecoderStep:
                 with acc.autocast():
                     loss = diffusion_loss(
                         self.model, x0[rows], None if reps is None else reps[rows], part,
-                        self.noise_scheduler, gen,
-                        self.cfg.p_uncond, self.cfg.snr_gamma, self.cfg.timestep_bias,
+                        self.noise_scheduler, gen, p_uncond=self.cfg.p_uncond,
+                        snr_gamma=self.cfg.snr_gamma, timestep_bias=self.cfg.timestep_bias,
                     )
                 acc.backward(loss / k)
             total += loss.detach().float() / k
