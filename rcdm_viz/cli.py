@@ -207,7 +207,8 @@ def run_command(args: argparse.Namespace) -> int:
             runs = [RunDir(Path(d)) for d in args.runs]
             grids = sample_across_runs(cfg, runs, args.images, args.layers, Path(args.out), progress)
         else:
-            grids = sample_images(cfg, run, args.images, args.layers, progress, args.interpolate, args.scores)
+            grids = sample_images(cfg, run, args.images, args.layers, progress=progress,
+                                  interpolate=args.interpolate, scores=args.scores)
         print("\n".join(map(str, grids)))
     elif args.command == "report":
         _report(run, args.runs, args.out)

@@ -244,7 +244,7 @@ class FeatureWriter:
 
 @torch.no_grad()
 def _extract_to_files(
-    encoder: Encoder, images: ImageSet, layers: Sequence[str], root: Path, meta: dict[str, str],
+    encoder: Encoder, images: ImageSet, layers: Sequence[str], root: Path, *, meta: dict[str, str],
     batch_size: int, progress: bool,
 ) -> None:
     """One encoder pass over ``images`` (eval mode), each batch appended to every layer's cache file."""
@@ -268,6 +268,7 @@ def cached_features(
     images: ImageSet,
     layers: Sequence[str],
     root: Path,
+    *,
     images_key: str | None = None,
     batch_size: int = 256,
     progress: bool = False,
@@ -286,7 +287,8 @@ def cached_features(
     found = {name: open_table(_path(root, name), meta) for name in layers}
     missing = [name for name, table in found.items() if table is None]
     if missing:
-        _extract_to_files(encoder, images, missing, Path(root), meta, batch_size, progress)
+        _extract_to_files(encoder, images, missing, Path(root), meta=meta, batch_size=batch_size,
+                          progress=progress)
         for name in missing:
             found[name] = open_table(_path(root, name), meta)
     return found  # type: ignore[return-value]

@@ -131,6 +131,7 @@ def interpolate_layers(
     decoders: dict[str, RCDMDecoder],
     image_a: Tensor,
     image_b: Tensor,
+    *,
     columns: int,
     cfg: SampleConfig,
     progress: bool = False,
@@ -228,6 +229,7 @@ def sample_images(
     run: RunDir,
     images: Sequence[str],
     layers: str,
+    *,
     progress: bool = False,
     interpolate: int | None = None,
     scores: bool = False,
@@ -241,7 +243,8 @@ def sample_images(
     decoders = load_decoders(run, encoder.select_layers(layers), encoder)
     if interpolate is not None:
         (path_a, a), (path_b, b) = inputs
-        rows = interpolate_layers(encoder, decoders, a, b, interpolate, cfg.sample, progress=progress)
+        rows = interpolate_layers(encoder, decoders, a, b, columns=interpolate, cfg=cfg.sample,
+                                  progress=progress)
         out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
         return [write_interpolation_dir(out, a, b, rows, cfg.sample)]
     gallery = None

@@ -25,10 +25,10 @@ import accelerate.accelerator as accelerate_accelerator
 import torch
 from accelerate import Accelerator, PartialState
 
-from rcdm_viz.config import Precision, flatten
+from rcdm_viz.config import DecoderConfig, Precision, SSLConfig, flatten
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.progress import tqdm
-from rcdm_viz.runs import MetricsLog, atomic_write_text, writing
+from rcdm_viz.runs import MetricsLog, RunDir, atomic_write_text, writing
 from rcdm_viz.seeding import generator_for
 
 _CKPT_PREFIX = "step-"
@@ -226,7 +226,7 @@ def resume_hint(root: Path) -> str:
     return f"--resume continues from step {step}, the newest checkpoint whose loss was healthy"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoopSettings:
     """What a training loop needs to know besides its step: names, batch size, logging and checkpoints."""
 
@@ -241,57 +241,104 @@ class LoopSettings:
     # what a resume must match (config fields, architecture), stored with every checkpoint
     identity: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(
+        cls, section: SSLConfig | DecoderConfig, *, name: str, what: str, lr_key: str,
+        identity: dict[str, Any], loss_digits: int = 3,
+    ) -> LoopSettings:
+        """The settings of a training configured by ``section`` (its batch size, logging and checkpoints)."""
+        return cls(name=name, what=what, lr_key=lr_key, batch_size=section.batch_size,
+                   log_every=section.log_every, checkpoint_every=section.checkpoint_every,
+                   keep_checkpoints=section.keep_checkpoints, loss_digits=loss_digits, identity=identity)
 
-def run_steps(
-    accelerator: Accelerator,
-    settings: LoopSettings,
-    start: int,
-    steps: int,
-    step: Callable[[int], dict[str, float]],
-    record: Callable[[int, list[dict[str, float]], float], dict],
-    log: MetricsLog,
-    ckpt_root: Path,
-    progress: bool,
-    after_step: Callable[[int], bool] | None = None,
-) -> None:
-    """Steps ``start..steps-1`` of a training loop, with what every loop needs around ``step(s)``.
 
-    ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a one-line
-    error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last record, images/s)``
-    gives the metrics record to append (it must hold "loss", shown on the progress bar, main process
-    only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller saves the result),
-    each pending until the next step has measured its state's loss: a non-finite loss, or one over
-    ``DIVERGED_FACTOR`` times the first, deletes it, so ``--resume`` never continues a diverged state.
-    ``after_step(s + 1)`` runs last; when it returns True (time spent outside training, e.g. progress
-    samples) the throughput clock restarts.
+StepFn = Callable[[int], dict[str, float]]  # step s -> its logs (with "loss")
+# (step, logs since the last record, images/s) -> the metrics record
+RecordFn = Callable[[int, list[dict[str, float]], float], dict]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trainer:
+    """What every training shares around its step: the accelerator, the loop settings, the checkpoints of
+    one training step of a run and the metrics log of the training in progress, and the step loop.
+
+    A training builds one (``Trainer.for_run``), calls ``begin`` (clear or resume) and ``run`` with its own
+    step and record functions; saving the trained model stays with the training.
     """
-    shown = progress and accelerator.is_main_process
-    bar = tqdm(range(start, steps), desc=settings.name, disable=not shown)
-    tick, seen, window = time.perf_counter(), 0, []
-    pending, reference = None, None
-    for s in bar:
-        logs = step(s)
-        loss = logs["loss"]
-        finite = math.isfinite(loss)
-        reference = abs(loss) if reference is None and finite else reference
-        if pending is not None:  # the pending checkpoint holds the state whose loss step s just measured
-            healthy = finite and abs(loss) <= DIVERGED_FACTOR * max(reference or 0.0, 1e-3)
-            settle_checkpoint(accelerator, pending, healthy, settings.keep_checkpoints)
-            pending = None
-        if not finite:
-            raise RcdmVizError(
-                f"{settings.what} loss became {loss} at step {s}; lower {settings.lr_key} "
-                f"({resume_hint(ckpt_root)})"
-            )
-        window.append(logs)
-        seen += settings.batch_size
-        if (s + 1) % settings.log_every == 0 or s + 1 == steps:
-            rate = seen / (time.perf_counter() - tick)
-            entry = record(s + 1, window, rate)
-            log.log(**entry)
-            bar.set_postfix(loss=f"{entry['loss']:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
-            tick, seen, window = time.perf_counter(), 0, []
-        if (s + 1) % settings.checkpoint_every == 0 and s + 1 < steps:
-            pending = save_checkpoint(accelerator, ckpt_root, s + 1, settings.identity)
-        if after_step is not None and after_step(s + 1):
-            tick = time.perf_counter()
+
+    accelerator: Accelerator
+    settings: LoopSettings
+    steps: int  # optimisation steps of the whole training: the loop runs ``start..steps-1``
+    checkpoints: Path  # the checkpoint root of this training
+    log: MetricsLog  # metrics of the training in progress (enabled on the main process only)
+    progress: bool = True  # a progress bar on the main process
+
+    @classmethod
+    def for_run(
+        cls, run: RunDir, step_name: str, *, accelerator: Accelerator, settings: LoopSettings, steps: int,
+        progress: bool,
+    ) -> Trainer:
+        """The trainer of step ``step_name`` of ``run`` (``checkpoints/<step_name>/`` and its metrics)."""
+        log = MetricsLog(run.training_metrics(step_name), enabled=accelerator.is_main_process)
+        return cls(accelerator=accelerator, settings=settings, steps=steps,
+                   checkpoints=run.checkpoints(step_name), log=log, progress=progress)
+
+    def begin(self, *, resume: bool, schedulers: Sequence[Any] = ()) -> int:
+        """Clear what killed saves left (and, unless ``resume``, the checkpoints of an earlier training);
+        with ``resume`` load the newest checkpoint (``load_latest_checkpoint``). The metrics log loses the
+        records past the step it returns, where the loop starts (0 without a checkpoint)."""
+        acc = self.accelerator
+        prepare_checkpoints(acc, self.checkpoints, resume)
+        start = 0
+        if resume:
+            identity = self.settings.identity
+            start = load_latest_checkpoint(acc, self.checkpoints, identity, self.steps, schedulers)
+        if acc.is_main_process:
+            self.log.truncate_after(start)
+        return start
+
+    def run(
+        self, *, start: int, step: StepFn, record: RecordFn, after_step: Callable[[int], bool] | None = None
+    ) -> None:
+        """Steps ``start..steps-1`` of a training loop, with what every loop needs around ``step(s)``.
+
+        ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a
+        one-line error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last
+        record, images/s)`` gives the metrics record to append (it must hold "loss", shown on the progress
+        bar, main process only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller
+        saves the result), each pending until the next step has measured its state's loss: a non-finite
+        loss, or one over ``DIVERGED_FACTOR`` times the first, deletes it, so ``--resume`` never continues a
+        diverged state. ``after_step(s + 1)`` runs last; when it returns True (time spent outside training,
+        e.g. progress samples) the throughput clock restarts.
+        """
+        acc, settings, steps = self.accelerator, self.settings, self.steps
+        shown = self.progress and acc.is_main_process
+        bar = tqdm(range(start, steps), desc=settings.name, disable=not shown)
+        tick, seen, window = time.perf_counter(), 0, []
+        pending, reference = None, None
+        for s in bar:
+            logs = step(s)
+            loss = logs["loss"]
+            finite = math.isfinite(loss)
+            reference = abs(loss) if reference is None and finite else reference
+            if pending is not None:  # the pending checkpoint holds the state whose loss step s just measured
+                healthy = finite and abs(loss) <= DIVERGED_FACTOR * max(reference or 0.0, 1e-3)
+                settle_checkpoint(acc, pending, healthy, settings.keep_checkpoints)
+                pending = None
+            if not finite:
+                raise RcdmVizError(
+                    f"{settings.what} loss became {loss} at step {s}; lower {settings.lr_key} "
+                    f"({resume_hint(self.checkpoints)})"
+                )
+            window.append(logs)
+            seen += settings.batch_size
+            if (s + 1) % settings.log_every == 0 or s + 1 == steps:
+                rate = seen / (time.perf_counter() - tick)
+                entry = record(s + 1, window, rate)
+                self.log.log(**entry)
+                bar.set_postfix(loss=f"{entry['loss']:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
+                tick, seen, window = time.perf_counter(), 0, []
+            if (s + 1) % settings.checkpoint_every == 0 and s + 1 < steps:
+                pending = save_checkpoint(acc, self.checkpoints, s + 1, settings.identity)
+            if after_step is not None and after_step(s + 1):
+                tick = time.perf_counter()

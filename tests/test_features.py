@@ -62,9 +62,9 @@ def test_binary_cache_is_small_reused_and_invalidated_by_toggling(tmp_path):
     )
     images = load_images(tiny_config().data, "val", n=64, resolution=16, progress=False)
     root, path = tmp_path / "features", tmp_path / "features" / "trunk.safetensors"
-    half = cached_features(encoder, images, ["trunk"], root, "key")["trunk"][:]
+    half = cached_features(encoder, images, ["trunk"], root, images_key="key")["trunk"][:]
     half_bytes, half_stamp = path.stat().st_size, path.stat().st_mtime_ns
-    bits = cached_features(encoder, images, ["trunk"], root, "key", binarize=True)["trunk"][:]
+    bits = cached_features(encoder, images, ["trunk"], root, images_key="key", binarize=True)["trunk"][:]
     assert path.stat().st_mtime_ns != half_stamp  # binarize switched on -> recomputed
     assert bits.shape == (64, 256) and torch.equal(bits, (half > 0).to(torch.float16))
     assert 0 < bits.mean() < 1  # a real mix of zeros and ones, not a degenerate pattern
@@ -74,9 +74,9 @@ def test_binary_cache_is_small_reused_and_invalidated_by_toggling(tmp_path):
         assert fh.metadata()["storage"] == "bits" and fh.metadata()["dim"] == "256"
         assert fh.get_tensor("features").dtype == torch.uint8
     stamp = path.stat().st_mtime_ns
-    again = cached_features(encoder, images, ["trunk"], root, "key", binarize=True)["trunk"][:]
+    again = cached_features(encoder, images, ["trunk"], root, images_key="key", binarize=True)["trunk"][:]
     assert torch.equal(again, bits) and path.stat().st_mtime_ns == stamp  # read, not recomputed
-    back = cached_features(encoder, images, ["trunk"], root, "key")["trunk"][:]
+    back = cached_features(encoder, images, ["trunk"], root, images_key="key")["trunk"][:]
     assert path.stat().st_mtime_ns != stamp and torch.equal(back, half)  # switched off -> float16 again
 
 
@@ -138,7 +138,8 @@ def test_binarized_shared_decoder_trains_and_samples_end_to_end(tiny_run, tmp_pa
     def fixed_loss(model: RCDMDecoder) -> float:  # training images; the same t and noise for both
         with torch.no_grad():
             gen = torch.Generator().manual_seed(99)
-            return diffusion_loss(model, x0, feats["trunk"][:32].float(), "trunk", sched, gen, 0.0).item()
+            reps = feats["trunk"][:32].float()
+            return diffusion_loss(model, x0, reps, "trunk", sched, gen, p_uncond=0.0).item()
 
     assert fixed_loss(trained) < fixed_loss(untrained)
     for layer in trained.layers:  # every layer cached as packed bits
@@ -167,7 +168,7 @@ def test_feature_table_is_a_memory_map_read_by_rows_and_a_torn_file_is_recompute
     encoder = build_encoder("resnet18", width=16, head="8", base_width=8, small_input=True, resolution=16)
     images = load_images(tiny_config().data, "val", n=12, resolution=16, progress=False)
     root = tmp_path / "features"
-    table = cached_features(encoder, images, ["trunk"], root, "key", batch_size=5)["trunk"]
+    table = cached_features(encoder, images, ["trunk"], root, images_key="key", batch_size=5)["trunk"]
     assert isinstance(table.rows, np.memmap) and table.shape == (12, 16)
     full = table[:]
     idx = torch.tensor([9, 2, 2, 11, 0])  # unsorted, repeated: rows come back in the order asked
@@ -178,5 +179,5 @@ def test_feature_table_is_a_memory_map_read_by_rows_and_a_torn_file_is_recompute
         assert torch.equal(fh.get_tensor("features"), full)
     path.write_bytes(path.read_bytes()[:-7])  # torn: the data stops short
     stamp = path.stat().st_mtime_ns
-    again = cached_features(encoder, images, ["trunk"], root, "key")["trunk"]
+    again = cached_features(encoder, images, ["trunk"], root, images_key="key")["trunk"]
     assert path.stat().st_mtime_ns != stamp and torch.equal(again[:], full)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 from pathlib import Path
@@ -10,16 +11,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import rcdm_viz
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import MetricsLog, read_metrics
 from rcdm_viz.seeding import derive_seed, generator_for, sample_seed
 from rcdm_viz.training import (
     LoopSettings,
+    Trainer,
     batch_indices,
     checkpoint_dirs,
     load_latest_checkpoint,
     prepare_checkpoints,
-    run_steps,
     save_checkpoint,
     settle_checkpoint,
 )
@@ -65,9 +67,14 @@ def _settings(**changes) -> LoopSettings:
     return LoopSettings(**{**base, **changes})
 
 
-def test_run_steps_records_every_log_every_steps_and_at_the_last(tmp_path):
-    acc = SimpleNamespace(is_main_process=True)
-    log = MetricsLog(tmp_path / "metrics.jsonl")
+def _trainer(acc, root: Path, steps: int, **changes) -> Trainer:
+    log = MetricsLog(root / "metrics.jsonl")
+    return Trainer(accelerator=acc, settings=_settings(**changes), steps=steps, checkpoints=root, log=log,
+                   progress=False)
+
+
+def test_the_loop_records_every_log_every_steps_and_at_the_last(tmp_path):
+    trainer = _trainer(SimpleNamespace(is_main_process=True), tmp_path, 10)
     windows, after = [], []
 
     def record(step, window, rate):
@@ -75,20 +82,19 @@ def test_run_steps_records_every_log_every_steps_and_at_the_last(tmp_path):
         assert rate > 0
         return {"step": step, "loss": window[-1]["loss"]}
 
-    run_steps(acc, _settings(), 2, 10, lambda s: {"loss": float(s)}, record, log, tmp_path, progress=False,
-              after_step=lambda s: after.append(s) or False)
+    trainer.run(start=2, step=lambda s: {"loss": float(s)}, record=record,
+                after_step=lambda s: after.append(s) or False)
     assert windows == [(3, [2.0]), (6, [3.0, 4.0, 5.0]), (9, [6.0, 7.0, 8.0]), (10, [9.0])]
-    assert [r["step"] for r in read_metrics(log.path)] == [3, 6, 9, 10]
+    assert [r["step"] for r in read_metrics(trainer.log.path)] == [3, 6, 9, 10]
     assert after == list(range(3, 11))
 
 
-def test_run_steps_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_path):
-    acc = SimpleNamespace(is_main_process=True)
-    log = MetricsLog(tmp_path / "metrics.jsonl")
+def test_the_loop_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_path):
+    trainer = _trainer(SimpleNamespace(is_main_process=True), tmp_path, 5)
     want = r"^test loss became nan at step 1; lower test.lr \(no checkpoint to resume from: train afresh\)$"
     with pytest.raises(RcdmVizError, match=want):
-        run_steps(acc, _settings(), 0, 5, lambda s: {"loss": math.nan if s == 1 else 1.0},
-                  lambda s, w, r: {"loss": 0.0}, log, tmp_path, progress=False)
+        trainer.run(start=0, step=lambda s: {"loss": math.nan if s == 1 else 1.0},
+                    record=lambda s, w, r: {"loss": 0.0})
 
 
 def _fake_accelerator(saved: list[str]) -> SimpleNamespace:
@@ -104,10 +110,10 @@ def test_only_states_with_a_healthy_loss_become_checkpoints(tmp_path):
     """The checkpoint after step s holds the state whose loss step s + 1 measures: a state that diverged
     (non-finite, or 100x the first loss) is deleted, and the error names the checkpoint a resume uses."""
     losses = {0: 1.0, 1: 0.9, 2: 0.8, 3: 500.0, 4: 1e6, 5: math.nan}
-    log = MetricsLog(tmp_path / "metrics.jsonl")
+    settings = dict(checkpoint_every=1, keep_checkpoints=5, identity={"a": 1})
+    trainer = _trainer(_fake_accelerator([]), tmp_path, 8, **settings)
     with pytest.raises(RcdmVizError, match="--resume continues from step 2"):
-        run_steps(_fake_accelerator([]), _settings(checkpoint_every=1, keep_checkpoints=5, identity={"a": 1}),
-                  0, 8, lambda s: {"loss": losses[s]}, lambda s, w, r: {"loss": 0.0}, log, tmp_path, False)
+        trainer.run(start=0, step=lambda s: {"loss": losses[s]}, record=lambda s, w, r: {"loss": 0.0})
     assert [p.name for p in checkpoint_dirs(tmp_path)] == [f"step-{s:09d}" for s in (1, 2)]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -170,3 +176,47 @@ def test_a_resume_names_every_differing_field(tmp_path):
     settle_checkpoint(acc, save_checkpoint(acc, tmp_path, 4, {"d": {k: 0 for k in "abcdefgh"}}), True, 2)
     with pytest.raises(RcdmVizError, match=r"differs in: d.a, d.b, d.c, d.d, d.e, d.f, d.g, d.h\)"):
         load_latest_checkpoint(acc, tmp_path, {"d": {k: 1 for k in "abcdefgh"}}, 10)
+
+
+def test_a_trainer_resumes_from_its_newest_checkpoint_and_truncates_its_log(tmp_path):
+    acc = _fake_accelerator([])
+    trainer = _trainer(acc, tmp_path, 10, identity={"a": 1})
+    settle_checkpoint(acc, save_checkpoint(acc, tmp_path, 4, {"a": 1}), True, 2)
+    for step in (2, 4, 6):
+        trainer.log.log(step=step, loss=1.0)
+    (tmp_path / ".tmp-step-000000006").mkdir()  # what a killed save left
+    assert trainer.begin(resume=True) == 4
+    assert [r["step"] for r in read_metrics(trainer.log.path)] == [2, 4]
+    assert not (tmp_path / ".tmp-step-000000006").exists()
+    assert trainer.begin(resume=False) == 0 and checkpoint_dirs(tmp_path) == []
+
+
+def test_the_trainer_and_its_settings_take_keywords_only(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    with pytest.raises(TypeError):
+        Trainer(None, _settings(), 10, tmp_path, log)
+    with pytest.raises(TypeError):
+        LoopSettings("test", "test", "test.lr", 4, 3, 10, 1)
+    trainer = _trainer(SimpleNamespace(is_main_process=True), tmp_path, 10)
+    with pytest.raises(TypeError):
+        trainer.begin(False)
+    with pytest.raises(TypeError):
+        trainer.run(0, lambda s: {"loss": 1.0}, lambda s, w, r: {"loss": 1.0})
+
+
+def _positional(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[str]:
+    names = [a.arg for a in node.args.posonlyargs + node.args.args]
+    return [name for name in names if name not in ("self", "cls")]
+
+
+def test_no_function_in_the_package_takes_more_than_six_positional_parameters():
+    """A long positional signature invites calls that pass ``None`` and numbers by position; past six,
+    parameters are keyword-only."""
+    package = Path(rcdm_viz.__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+                if len(_positional(node)) > 6:
+                    found.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert found == []

@@ -72,7 +72,8 @@ def write_cache(
         if "classes" in meta and meta["classes"] != index.classes:
             raise RcdmVizError(f"'{index.root}' has different class subfolders from the train split")
         meta["classes"] = index.classes
-        n, skipped = _write_split(index.files, index.labels, resolution, out, split, workers, progress, chunk)
+        n, skipped = _write_split(index.files, index.labels, resolution, out, split, workers=workers,
+                                  progress=progress, chunk=chunk)
         skipped.warn(str(index.root))
         meta["splits"][split] = n
         meta["skipped"][split] = sorted(skipped.reasons)
@@ -145,6 +146,7 @@ def _write_split(
     resolution: int,
     out: Path,
     split: str,
+    *,
     workers: int,
     progress: bool,
     chunk: int = CHUNK,

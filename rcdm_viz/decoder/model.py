@@ -119,6 +119,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         self,
         layer_dims: dict[str, int],
         resolution: int = 32,
+        *,
         block_out_channels: tuple[int, ...] = (64, 128, 128),
         layers_per_block: int = 2,
         attention_resolutions: tuple[int, ...] = (16, 8),

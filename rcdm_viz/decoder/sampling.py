@@ -111,6 +111,7 @@ def _denoise(
     reps: torch.Tensor | None,
     layer: str,
     scheduler: SchedulerMixin,
+    *,
     steps: int,
     guidance: float,
     generators: list[torch.Generator],
@@ -140,6 +141,7 @@ def _denoise(
 def _check_sample_args(
     decoder: RCDMDecoder,
     reps: torch.Tensor | None,
+    *,
     n: int,
     steps: int,
     batch_size: int,
@@ -175,6 +177,7 @@ def sample(
     decoder: RCDMDecoder,
     reps: torch.Tensor | None,
     n: int,
+    *,
     steps: int = 50,
     sampler: str | Sampler = "ddim",
     guidance: float = 1.0,
@@ -196,7 +199,8 @@ def sample(
     """
     kind = _as_sampler(sampler)
     config = scheduler_config if scheduler_config is not None else decoder.noise_scheduler().config
-    layer = _check_sample_args(decoder, reps, n, steps, batch_size, layer, config["num_train_timesteps"])
+    layer = _check_sample_args(decoder, reps, n=n, steps=steps, batch_size=batch_size, layer=layer,
+                               num_train_timesteps=config["num_train_timesteps"])
     if reps is not None:
         reps = reps.detach().to(device=decoder.device, dtype=decoder.dtype)
     n_reps = 1 if reps is None else reps.shape[0]
@@ -215,7 +219,8 @@ def sample(
                 scheduler = make_sampler(kind, config)
                 part = None if reps is None else reps[rows]
                 out[start : start + len(chunk)] = _denoise(
-                    decoder, part, layer, scheduler, steps, float(guidance), gens, autocast_dtype, bar
+                    decoder, part, layer, scheduler, steps=steps, guidance=float(guidance), generators=gens,
+                    autocast_dtype=autocast_dtype, bar=bar,
                 )
                 start += len(chunk)
     finally:

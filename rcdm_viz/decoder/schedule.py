@@ -61,6 +61,7 @@ def diffusion_loss(
     layer: str | torch.Tensor,
     scheduler: DDPMScheduler,
     generator: torch.Generator | RowGenerators,
+    *,
     p_uncond: float = 0.1,
     snr_gamma: float = 0.0,
     timestep_bias: float = 0.0,

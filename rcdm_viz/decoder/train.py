@@ -36,7 +36,6 @@ from rcdm_viz.features import cached_features
 from rcdm_viz.runs import (
     ALL_LAYERS,
     PRIOR_LAYER,
-    MetricsLog,
     RunDir,
     atomic_write_bytes,
     record_config,
@@ -48,11 +47,10 @@ from rcdm_viz.runs import (
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.training import (
     LoopSettings,
+    RecordFn,
+    Trainer,
     batch_indices,
-    load_latest_checkpoint,
     make_accelerator,
-    prepare_checkpoints,
-    run_steps,
     shard,
 )
 
@@ -80,9 +78,8 @@ def training_data(
     dec = cfg.decoder
     dec_images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
     enc_images = _encoder_view(cfg, encoder, "train", None, dec_images)
-    feats = cached_features(
-        encoder, enc_images, layers, run.features, None, dec.feature_batch_size, progress, dec.binarize
-    )
+    feats = cached_features(encoder, enc_images, layers, run.features, batch_size=dec.feature_batch_size,
+                            progress=progress, binarize=dec.binarize)
     return dec_images, feats
 
 
@@ -146,8 +143,8 @@ class DecoderStep:
                 with acc.autocast():
                     loss = diffusion_loss(
                         self.model, x0[rows], None if reps is None else reps[rows], part,
-                        self.noise_scheduler, gen,
-                        self.cfg.p_uncond, self.cfg.snr_gamma, self.cfg.timestep_bias,
+                        self.noise_scheduler, gen, p_uncond=self.cfg.p_uncond,
+                        snr_gamma=self.cfg.snr_gamma, timestep_bias=self.cfg.timestep_bias,
                     )
                 acc.backward(loss / k)
             total += loss.detach().float() / k
@@ -250,49 +247,52 @@ def train_decoder(
     accelerator = make_accelerator(cfg.decoder.precision)
     _check_decoder_config(cfg.decoder, accelerator.num_processes)
     with step_lock(run, f"decoder-{layer}", enabled=accelerator.is_main_process):
-        return _train_locked(cfg, run, layer, layers, encoder, accelerator, resume, progress, init)
+        return _train_locked(cfg, run, layer, layers=layers, encoder=encoder, accelerator=accelerator,
+                             resume=resume, progress=progress, init=init)
 
 
 def _train_locked(
-    cfg: Config, run: RunDir, layer: str, layers: list[str], encoder: Encoder | None,
+    cfg: Config, run: RunDir, layer: str, *, layers: list[str], encoder: Encoder | None,
     accelerator: Accelerator, resume: bool, progress: bool, init: InitSource | None,
 ) -> RCDMDecoder:
     dec, main = cfg.decoder, accelerator.is_main_process
     if encoder is None:
-        batches, n_images, dims, fingerprint = prior_batches(cfg, progress and main), None, {}, None
+        batches, dims, fingerprint = prior_batches(cfg, progress and main), {}, None
     else:
         with accelerator.main_process_first():  # one process writes the feature cache, the others read it
             images, feats = training_data(cfg, encoder, layers, run, progress and main)
         dims = {n: feats[n].shape[1] for n in layers}
-        fingerprint, n_images = encoder.fingerprint(), len(images)
-        check_batch_fits(dec.batch_size, n_images)  # before any checkpoint or record changes
+        fingerprint = encoder.fingerprint()
+        check_batch_fits(dec.batch_size, len(images))  # before any checkpoint or record changes
 
         def batches(step_fn: DecoderStep, step: int) -> Batch:
             return training_batch(step_fn, images, feats, step)
 
     step_fn = make_decoder_step(dec, dims, fingerprint, accelerator, init)
-    step_name = f"decoder-{layer}"
-    ckpt_root = run.checkpoints(step_name)
-    identity = decoder_identity(cfg, layer, fingerprint, init)
     if main:  # what a killed cache write of these layers left
         sweep_temp(run.features, [f"{name}.safetensors" for name in layers])
-    prepare_checkpoints(accelerator, ckpt_root, resume)
-    schedulers = [step_fn.lr_scheduler]
-    start = load_latest_checkpoint(accelerator, ckpt_root, identity, dec.steps, schedulers) if resume else 0
-    log = MetricsLog(run.training_metrics(step_name), enabled=main)
-    if main:
-        log.truncate_after(start)
-        if start == 0 and init is not None:
-            log.log(step=0, warm_start=init.record())
+    shown = ALL_LAYERS if len(layers) > 1 else (layers or [PRIOR_LAYER])[0]
+    settings = LoopSettings.of(dec, name=f"decoder {shown}", what="decoder", lr_key="decoder.lr",
+                               identity=decoder_identity(cfg, layer, fingerprint, init), loss_digits=4)
+    trainer = Trainer.for_run(run, f"decoder-{layer}", accelerator=accelerator, settings=settings,
+                              steps=dec.steps, progress=progress)
+    start = trainer.begin(resume=resume, schedulers=[step_fn.lr_scheduler])
+    if main and start == 0 and init is not None:
+        trainer.log.log(step=0, warm_start=init.record())
     snapshot = None
     if main and dec.sample_every > 0 and dec.progress_images > 0:
         out = run.decoder(layer) / "progress"
         snapshot = (progress_writer(cfg, encoder, step_fn, out) if encoder is not None
                     else prior_progress_writer(step_fn, out))
-    _loop(step_fn, batches, n_images, start, ckpt_root, log, progress, snapshot, identity)
+
+    def one_step(step: int) -> dict[str, float]:
+        x0, reps, which = batches(step_fn, step)
+        return {"loss": step_fn(x0, reps, step, which)}
+
+    trainer.run(start=start, step=one_step, record=_record(step_fn), after_step=_sampling(dec, snapshot))
     final = step_fn.ema_decoder()
     if main:
-        _save_atomic(final, run, layer, log.path)
+        _save_atomic(final, run, layer, trainer.log.path)
         # recorded with the decoder it describes: a refused or killed training leaves config.yaml alone
         record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
     accelerator.wait_for_everyone()
@@ -398,24 +398,8 @@ def training_batch(
     return x0, pack_reps([feats[name] for name in layers], idx, which, width), which
 
 
-def _loop(
-    step_fn: DecoderStep,
-    batches: Callable[[DecoderStep, int], Batch],
-    n_images: int | None,
-    start: int,
-    ckpt_root: Path,
-    log: MetricsLog,
-    progress: bool,
-    snapshot: Callable[[int], Path] | None,
-    identity: dict,
-) -> None:
-    dec = step_fn.cfg
-    layers = step_fn.layers
-    name = ALL_LAYERS if len(layers) > 1 else (layers or [PRIOR_LAYER])[0]
-
-    def one_step(step: int) -> dict[str, float]:
-        x0, reps, which = batches(step_fn, step)
-        return {"loss": step_fn(x0, reps, step, which)}
+def _record(step_fn: DecoderStep) -> RecordFn:
+    """The metrics record of a decoder training: step, mean loss since the last record, lr, throughput."""
 
     def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
         mean = sum(w["loss"] for w in window) / len(window)
@@ -423,17 +407,20 @@ def _loop(
         processes = step_fn.accelerator.num_processes  # what the throughput was measured on
         return {"step": step, "loss": mean, "lr": lr, "images_per_s": rate, "processes": processes}
 
+    return record
+
+
+def _sampling(dec: DecoderConfig, snapshot: Callable[[int], Path] | None) -> Callable[[int], bool]:
+    """After step s: progress samples every ``sample_every`` steps and at the last; True when it sampled
+    (time that is not training throughput)."""
+
     def sample_progress(step: int) -> bool:
-        """Progress samples every ``sample_every`` steps and at the last (not training throughput)."""
         if snapshot is None or (step % dec.sample_every and step != dec.steps):
             return False
         snapshot(step)
         return True
 
-    settings = LoopSettings(f"decoder {name}", "decoder", "decoder.lr", dec.batch_size, dec.log_every,
-                            dec.checkpoint_every, dec.keep_checkpoints, loss_digits=4, identity=identity)
-    run_steps(step_fn.accelerator, settings, start, dec.steps, one_step, record, log, ckpt_root, progress,
-              sample_progress)
+    return sample_progress
 
 
 def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str, metrics: Path) -> None:

@@ -67,6 +67,7 @@ class Encoder(nn.Module):
         arch: Arch | str = "resnet50",
         width: int = 2048,
         head: str | HeadSpec = "8192-8192-8192",
+        *,
         base_width: int = 64,
         small_input: bool = False,
         mean: Sequence[float] = IMAGENET_MEAN,

@@ -272,6 +272,7 @@ def factor_probe(
     test_t: dict[str, Tensor],
     ridges: Sequence[float],
     holdout: float = 0.2,
+    *,
     chosen: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Validation R² of a linear (ridge) regression from features to each factor's targets (GR Figure 2),
@@ -302,6 +303,7 @@ def probe_layer(
     val_x: Tensor,
     val_y: Tensor,
     cfg: ProbeConfig,
+    *,
     train_t: dict[str, Tensor] | None = None,
     val_t: dict[str, Tensor] | None = None,
 ) -> ProbeRow:
@@ -329,6 +331,7 @@ def probe_layers(
     val_feats: dict[str, Tensor],
     val_y: Tensor,
     cfg: ProbeConfig,
+    *,
     progress: bool = False,
     train_t: dict[str, Tensor] | None = None,
     val_t: dict[str, Tensor] | None = None,
@@ -336,5 +339,6 @@ def probe_layers(
     """``probe_layer`` for every layer of ``train_feats``: layer -> its row."""
     results = {}
     for name in tqdm(list(train_feats), desc="probes", disable=not progress, leave=False):
-        results[name] = probe_layer(train_feats[name], train_y, val_feats[name], val_y, cfg, train_t, val_t)
+        results[name] = probe_layer(train_feats[name], train_y, val_feats[name], val_y, cfg, train_t=train_t,
+                                    val_t=val_t)
     return results

@@ -94,7 +94,7 @@ def plot_probe_accuracy(summary: dict, path: Path) -> Path | None:
 
 
 def _heatmap(matrix: list[list[float]], rows: list[str], cols: list[str], title: str, label: str,
-             path: Path, vmin: float = 0.0, vmax: float = 1.0) -> Path:
+             path: Path, *, vmin: float = 0.0, vmax: float = 1.0) -> Path:
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(cols), 1.2 + 0.45 * len(rows)))
     im = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=40, ha="right")

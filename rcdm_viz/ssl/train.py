@@ -26,7 +26,6 @@ from rcdm_viz.footprint import require_fits
 from rcdm_viz.runs import (
     ALL_SECTIONS,
     ENCODER_DIR,
-    MetricsLog,
     RunDir,
     atomic_write_bytes,
     atomic_write_text,
@@ -44,11 +43,11 @@ from rcdm_viz.ssl.optim import make_optimizer
 from rcdm_viz.ssl.pairing import PairFn, make_pairing
 from rcdm_viz.training import (
     LoopSettings,
+    RecordFn,
+    StepFn,
+    Trainer,
     batch_indices,
-    load_latest_checkpoint,
     make_accelerator,
-    prepare_checkpoints,
-    run_steps,
     shard,
 )
 
@@ -264,21 +263,19 @@ def _train_locked(
         pairing = make_pairing(method.pairing, train, cfg.ssl.seed, cfg.ssl.reference_encoder,
                                accelerator.device, run.features / "neighbour-reference")
     factor_views = FactorViews(train, redraw) if redraw else None
-    ckpt_root, identity = run.checkpoints("encoder"), encoder_identity(cfg)
     if main:  # what a killed save of the encoder left
         tidy_swap(run.root / ENCODER_DIR)
         sweep_temp(run.encoder)
-    prepare_checkpoints(accelerator, ckpt_root, resume)
-    start = 0
-    if resume:
-        start = load_latest_checkpoint(accelerator, ckpt_root, identity, steps, [step_fn.scheduler])
-    log = MetricsLog(run.training_metrics("encoder"), enabled=main)
-    if main:
-        log.truncate_after(start)
-    _loop(step_fn, train, pairing, factor_views, start, steps, ckpt_root, log, progress, identity)
+    settings = LoopSettings.of(cfg.ssl, name="encoder", what="encoder", lr_key="ssl.lr",
+                               identity=encoder_identity(cfg))
+    trainer = Trainer.for_run(run, "encoder", accelerator=accelerator, settings=settings, steps=steps,
+                              progress=progress)
+    start = trainer.begin(resume=resume, schedulers=[step_fn.scheduler])
+    one_step = _step_on(step_fn, train, pairing, factor_views)
+    trainer.run(start=start, step=one_step, record=_record(step_fn, len(train) // cfg.ssl.batch_size))
     encoder.eval()
     if main:
-        save_bundle(run, cfg, encoder, log.path)
+        save_bundle(run, cfg, encoder, trainer.log.path)
         # Every section, so that later steps in this run (decoders, sampling) inherit the preset's choices;
         # recorded once the encoder it describes is in place, so a killed training leaves the old record
         # (and a kill between the two leaves the bundle's training.yaml, which `read_run_config` prefers).
@@ -302,20 +299,11 @@ def save_bundle(run: RunDir, cfg: Config, encoder: Encoder, metrics: Path) -> No
         fill_and_replace_dir(run.root / ENCODER_DIR, fill)
 
 
-def _loop(
-    step_fn: SSLStep,
-    train: ImageSet,
-    pairing: PairFn,
-    factor_views: FactorViews | None,
-    start: int,
-    steps: int,
-    ckpt_root: Path,
-    log: MetricsLog,
-    progress: bool,
-    identity: dict,
-) -> None:
+def _step_on(
+    step_fn: SSLStep, train: ImageSet, pairing: PairFn, factor_views: FactorViews | None
+) -> StepFn:
+    """Step s of the training: its global batch and partners (sharded), views, one ``step_fn`` update."""
     acc, ssl = step_fn.accelerator, step_fn.cfg.ssl
-    per_epoch = len(train) // ssl.batch_size
 
     def one_step(step: int) -> dict[str, float]:
         global_idx = batch_indices(len(train), ssl.batch_size, step, ssl.seed)
@@ -327,12 +315,16 @@ def _loop(
             partners = factor_views.render(shard(partner_idx, acc), shard(values, acc))
         return step_fn(train.batch(idx), step, train.labels[idx].long(), partners)
 
+    return one_step
+
+
+def _record(step_fn: SSLStep, per_epoch: int) -> RecordFn:
+    """The metrics record of an encoder training: step, epoch, lr, throughput and the last step's logs."""
+
     def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
         lr = step_fn.scheduler.get_last_lr()[0]
-        epoch, processes = step / per_epoch, acc.num_processes  # processes: what the throughput ran on
+        epoch, processes = step / per_epoch, step_fn.accelerator.num_processes  # what the throughput ran on
         rates = {"images_per_s": rate, "processes": processes}
         return {"step": step, "epoch": epoch, "lr": lr, **rates, **window[-1]}
 
-    settings = LoopSettings("encoder", "encoder", "ssl.lr", ssl.batch_size, ssl.log_every,
-                            ssl.checkpoint_every, ssl.keep_checkpoints, identity=identity)
-    run_steps(acc, settings, start, steps, one_step, record, log, ckpt_root, progress)
+    return record

@@ -192,10 +192,11 @@ def test_min_snr_loss_matches_reference(prediction):
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
     target = noise if prediction == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
     per_row = ((dec(x_t, t, reps, "trunk", uncond=mask) - target) ** 2).mean(dim=(1, 2, 3))
-    loss = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), 0.5, snr_gamma=5.0)
+    loss = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), p_uncond=0.5,
+                          snr_gamma=5.0)
     torch.testing.assert_close(loss, (weight * per_row).mean(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(min_snr_weight(sched, t, 5.0), weight, rtol=1e-5, atol=1e-7)
-    plain = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), 0.5)
+    plain = diffusion_loss(dec, x0, reps, "trunk", sched, torch.Generator().manual_seed(5), p_uncond=0.5)
     assert not torch.allclose(loss, plain)
     with pytest.raises(RcdmVizError, match="snr_gamma"):
         min_snr_weight(sched, t, 0.0)

@@ -147,17 +147,17 @@ def test_feature_cache_is_reused_and_invalidated(tiny_run, tmp_path):
     encoder = load_encoder(run.encoder)
     images = load_images(tiny_config().data, "val", n=8, resolution=16, progress=False)
     root = tmp_path / "features"
-    first = cached_features(encoder, images, ["trunk", "head2"], root, "key")
+    first = cached_features(encoder, images, ["trunk", "head2"], root, images_key="key")
     assert all(f.dtype == torch.float16 for f in first.values())
     stamp = (root / "trunk.safetensors").stat().st_mtime_ns
-    again = cached_features(encoder, images, ["trunk"], root, "key")
+    again = cached_features(encoder, images, ["trunk"], root, images_key="key")
     assert torch.equal(again["trunk"][:], first["trunk"][:])
     assert (root / "trunk.safetensors").stat().st_mtime_ns == stamp  # read, not recomputed
     with torch.no_grad():  # another encoder (changed weights) -> other fingerprint -> recomputed
         next(encoder.parameters()).mul_(2)
-    changed = cached_features(encoder, images, ["trunk"], root, "key")
+    changed = cached_features(encoder, images, ["trunk"], root, images_key="key")
     assert not torch.equal(changed["trunk"][:], first["trunk"][:])
-    other_images = cached_features(encoder, images, ["head2"], root, "other-key")
+    other_images = cached_features(encoder, images, ["head2"], root, images_key="other-key")
     assert (root / "head2.safetensors").stat().st_mtime_ns != stamp and other_images["head2"].shape[0] == 8
 
 
@@ -168,13 +168,13 @@ def test_interpolation_between_an_image_and_itself_repeats_one_column(tiny_run):
     decoders = load_decoders(run, ["trunk"], encoder)
     image = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(0))
     cfg = SampleConfig(n=2, steps=2)
-    rows = interpolate_layers(encoder, decoders, image, image, 3, cfg)
+    rows = interpolate_layers(encoder, decoders, image, image, columns=3, cfg=cfg)
     assert rows["trunk"].shape == (2, 3, 3, 16, 16)
     grid = rows["trunk"]
     torch.testing.assert_close(grid[:, 0], grid[:, 2], rtol=0, atol=1e-5)  # same noise in every column
     assert (grid[0, 0] - grid[1, 0]).abs().max() > 1e-2  # but each row has its own
     with pytest.raises(RcdmVizError, match="got 1"):
-        interpolate_layers(encoder, decoders, image, image, 1, cfg)
+        interpolate_layers(encoder, decoders, image, image, columns=1, cfg=cfg)
 
 
 def test_interpolate_cli_writes_a_grid(tiny_run, tmp_path):
