@@ -13,17 +13,9 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from rcdm_viz.config import Config, SampleConfig
+from rcdm_viz.data.images import fit, image_id, image_ids, read_image
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.grids import (
-    fit,
-    image_id,
-    image_ids,
-    interpolation_grid,
-    png_bytes,
-    read_image,
-    sample_grid,
-    tensor_to_pil,
-)
+from rcdm_viz.decoder.grids import interpolation_grid, png_bytes, sample_grid, tensor_to_pil
 from rcdm_viz.decoder.model import RCDMDecoder, load_decoder
 from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.encoders import Encoder, load_encoder
@@ -211,16 +203,26 @@ def sample_heldout(
     decoders = load_decoders(run, layers, encoder)
     res = max(cfg.decoder.resolution, encoder.config["resolution"])
     val = load_images(cfg.data, "val", n=cfg.quickstart.n_images, resolution=res, progress=False)
-    side = next(iter(decoders.values())).config.resolution
-    gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress) if scores else None
+    named = [(f"val-{i:05d}", val.batch(torch.tensor([i]))[0]) for i in range(len(val))]
+    return _sample_each(cfg, run, encoder, decoders, named, scores=scores, progress=progress)
+
+
+def _sample_each(
+    cfg: Config, run: RunDir, encoder: Encoder, decoders: dict[str, RCDMDecoder],
+    named: Sequence[tuple[str, Tensor]], *, scores: bool, progress: bool,
+) -> list[Path]:
+    """The one per-image loop of every layer grid: sample each layer, score the samples against the
+    gallery (with ``scores``), label the rows and write ``samples/<id>/``; returns the grids' paths."""
+    gallery = None
+    if scores:
+        side = next(iter(decoders.values())).config.resolution
+        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
     paths = []
-    for i in range(len(val)):
-        image = val.batch(torch.tensor([i]))[0]
-        out = run.samples(f"val-{i:05d}")
+    for ident, image in named:
         rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
         result = None if gallery is None else score_image(encoder, image, rows, gallery, cfg.scores.distance)
         notes = layer_notes(run, None if result is None else result.layers, cfg.views.redraw_factors)
-        paths.append(write_sample_dir(out, image, rows, notes, cfg.sample, result))
+        paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample, result))
     return paths
 
 
@@ -247,17 +249,8 @@ def sample_images(
                                   progress=progress)
         out = run.samples(f"{image_id(path_a)}-to-{image_id(path_b)}")
         return [write_interpolation_dir(out, a, b, rows, cfg.sample)]
-    gallery = None
-    if scores:
-        side = next(iter(decoders.values())).config.resolution
-        gallery = build_gallery(cfg, run, encoder, list(decoders), side, progress=progress)
-    paths = []
-    for ident, (_, image) in zip(image_ids([p for p, _ in inputs]), inputs, strict=True):
-        rows = sample_layers(encoder, decoders, image, cfg.sample, progress=progress)
-        result = None if gallery is None else score_image(encoder, image, rows, gallery, cfg.scores.distance)
-        notes = layer_notes(run, None if result is None else result.layers, cfg.views.redraw_factors)
-        paths.append(write_sample_dir(run.samples(ident), image, rows, notes, cfg.sample, result))
-    return paths
+    named = list(zip(image_ids([p for p, _ in inputs]), [image for _, image in inputs], strict=True))
+    return _sample_each(cfg, run, encoder, decoders, named, scores=scores, progress=progress)
 
 
 def sample_across_runs(

@@ -66,7 +66,7 @@ def test_sample_images_refuses_bad_requests_before_sampling(run_copy, tmp_path):
 
 
 def test_inputs_sharing_a_name_get_distinct_sample_ids(run_copy, tmp_path):
-    from rcdm_viz.decoder.grids import image_ids
+    from rcdm_viz.data.images import image_ids
 
     cfg, run = run_copy
     (tmp_path / "b").mkdir()
@@ -102,7 +102,7 @@ def test_sample_across_runs_puts_each_runs_layer_in_one_grid_in_order(run_copy, 
 
 def test_image_ids_name_one_visible_folder_under_samples(tmp_path):
     """Stems ``..``, ``.`` and ``.png`` would name the run root, samples/ itself or a hidden folder."""
-    from rcdm_viz.decoder.grids import image_id
+    from rcdm_viz.data.images import image_id
 
     assert [image_id(n) for n in ("...png", "..png", ".png", ".hidden.png", "a..b.png")] == [
         "image", "image", "png", "hidden", "a..b"

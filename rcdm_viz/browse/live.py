@@ -107,7 +107,8 @@ def sample_live(
 
 def live_grid_png(image: Any, rows: dict[str, Any], notes: dict[str, str] | None = None) -> bytes:
     """PNG of the layer grid of freshly drawn samples (the input fitted to the samples' resolution)."""
-    from rcdm_viz.decoder.grids import fit, png_bytes, sample_grid  # deferred: run views load without torch
+    from rcdm_viz.data.images import fit  # deferred: run views load without torch
+    from rcdm_viz.decoder.grids import png_bytes, sample_grid  # deferred: run views load without torch
 
     res = next(iter(rows.values())).shape[-1]
     return png_bytes(sample_grid(fit(image, res), rows, notes=notes, scale=max(1, 128 // res)))

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from rcdm_viz.decoder.grids import fit
+from rcdm_viz.data.images import fit
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.schedule import prediction_target
 from rcdm_viz.errors import RcdmVizError

@@ -22,8 +22,8 @@ from torchmetrics.functional.image import (
 )
 
 from rcdm_viz.config import Config, Distance
+from rcdm_viz.data.images import fit
 from rcdm_viz.data.sources import load_images
-from rcdm_viz.decoder.grids import fit
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.invariance import normalized_similarity
 from rcdm_viz.evaluation.oracle import (

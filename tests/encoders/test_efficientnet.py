@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from rcdm_viz import cli
-from rcdm_viz.decoder.grids import fit
+from rcdm_viz.data.images import fit
 from rcdm_viz.encoders import EfficientNetEncoder, load_encoder, zoo
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.runs import RunDir, read_json
