@@ -34,6 +34,7 @@ ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
 ENCODER_DIR = "encoder"
 ENCODER_SECTIONS = ("data", "encoder", "views", "ssl")  # what an encoder's training decides for its run
+TRAINING_CONFIG = "training.yaml"  # in a model's bundle: the resolved config of the training that made it
 PRIOR_LAYER = "prior"  # `--layer prior`: the unconditional decoder of the images, saved in decoders/prior/
 
 
@@ -58,7 +59,7 @@ class RunDir:
     @property
     def encoder_training(self) -> Path:
         """The resolved config of the training that made ``encoder/`` (in the bundle, swapped in with it)."""
-        return self.encoder / "training.yaml"
+        return self.encoder / TRAINING_CONFIG
 
     @property
     def encoder_metrics(self) -> Path:

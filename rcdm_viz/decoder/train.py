@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator
 from diffusers import DDPMScheduler
 from diffusers.optimization import get_constant_schedule_with_warmup
@@ -36,8 +37,10 @@ from rcdm_viz.features import cached_features
 from rcdm_viz.runs import (
     ALL_LAYERS,
     PRIOR_LAYER,
+    TRAINING_CONFIG,
     RunDir,
     atomic_write_bytes,
+    atomic_write_text,
     record_config,
     replace_dir,
     step_lock,
@@ -292,7 +295,7 @@ def _train_locked(
     trainer.run(start=start, step=one_step, record=_record(step_fn), after_step=_sampling(dec, snapshot))
     final = step_fn.ema_decoder()
     if main:
-        _save_atomic(final, run, layer, trainer.log.path)
+        _save_atomic(final, run, layer, trainer.log.path, cfg=cfg)
         # recorded with the decoder it describes: a refused or killed training leaves config.yaml alone
         record_config(run, cfg, ("data", "decoder") if encoder is None else ("decoder",))
     accelerator.wait_for_everyone()
@@ -423,10 +426,11 @@ def _sampling(dec: DecoderConfig, snapshot: Callable[[int], Path] | None) -> Cal
     return sample_progress
 
 
-def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str, metrics: Path) -> None:
-    """save_pretrained into a temporary directory with the metrics of this training (and the progress
-    samples), then swap it in (``replace_dir``: the old decoder is set aside first, never deleted before
-    the new one is in place). A failed save removes its temporary directory."""
+def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str, metrics: Path, *, cfg: Config) -> None:
+    """save_pretrained into a temporary directory with the metrics of this training, its resolved config
+    (``training.yaml``: the data it trained on too) and the progress samples, then swap it in
+    (``replace_dir``: the old decoder is set aside first, never deleted before the new one is in place).
+    A failed save removes its temporary directory."""
     final = run.decoder(layer)
     tmp = final.with_name(f".tmp-{layer}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -434,6 +438,7 @@ def _save_atomic(decoder: RCDMDecoder, run: RunDir, layer: str, metrics: Path) -
         decoder.save_pretrained(tmp)
         if metrics.is_file():
             shutil.copy2(metrics, tmp / "metrics.jsonl")
+        atomic_write_text(tmp / TRAINING_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         if (final / "progress").is_dir():
             shutil.copytree(final / "progress", tmp / "progress")
         replace_dir(tmp, final)

@@ -398,3 +398,14 @@ def test_a_refused_batch_size_leaves_the_run_byte_identical(tiny_run, tmp_path, 
     assert sorted(p.name for p in run.features.iterdir() if p.name.endswith(".tmp")) == [
         ".head1.safetensors.l1ve.tmp"
     ]
+
+
+def test_a_decoder_records_the_whole_config_it_trained_with(tiny_run):
+    """Its data section too: a preset that changes data.* is visible in the decoder's own bundle."""
+    import yaml
+
+    from rcdm_viz.config import to_dict
+
+    cfg, run = tiny_run
+    recorded = yaml.safe_load((run.decoder("trunk") / "training.yaml").read_text())
+    assert recorded["data"] == to_dict(cfg)["data"] and recorded["decoder"] == to_dict(cfg)["decoder"]
