@@ -27,7 +27,6 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from rcdm_viz.config import ViewsConfig, parse_enum
-from rcdm_viz.errors import RcdmVizError
 
 
 class Augmentation(StrEnum):
@@ -52,9 +51,9 @@ _SOLARIZE_THRESHOLD = 0.5
 
 
 def _check_images(x: Tensor) -> None:
-    """Raise RcdmVizError unless ``x`` is a float [N, 3, H, W] batch."""
+    """Raise ValueError unless ``x`` is a float [N, 3, H, W] batch."""
     if x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        raise RcdmVizError(f"views: expected float images [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
+        raise ValueError(f"views: expected float images [N, 3, H, W], got {x.dtype} {tuple(x.shape)}")
 
 
 def _uniform(generator: torch.Generator, n: int, low: float, high: float, x: Tensor) -> Tensor:
@@ -73,7 +72,7 @@ def _per_sample(v: Tensor | float, x: Tensor) -> Tensor:
     """A scalar or [N] parameter as [N, 1, 1, 1] on x's device/dtype."""
     v = torch.as_tensor(v, dtype=x.dtype, device=x.device)
     if v.dim() > 1 or (v.dim() == 1 and v.shape[0] not in (1, x.shape[0])):
-        raise RcdmVizError(
+        raise ValueError(
             f"views: per-sample parameter of shape {tuple(v.shape)} does not fit a batch of {x.shape[0]}"
         )
     return v.expand(x.shape[0]).reshape(-1, 1, 1, 1)
@@ -359,7 +358,7 @@ def jitter_colors(
     """
     n = x.shape[0]
     if params.shape != (n, 4) or order.shape != (n, 4):
-        raise RcdmVizError(
+        raise ValueError(
             f"jitter_colors: params and order must be [{n}, 4], "
             f"got {tuple(params.shape)} and {tuple(order.shape)}"
         )
@@ -458,7 +457,7 @@ def make_views(x: Tensor, generator: torch.Generator, config: ViewsConfig, view:
     """
     cfg = config
     if view not in (0, 1):
-        raise RcdmVizError(f"make_views: view must be 0 or 1, got {view}")
+        raise ValueError(f"make_views: view must be 0 or 1, got {view}")
     _check_images(x)
     x = random_resized_crop(x, generator, cfg.crop_scale, cfg.crop_ratio, cfg.size)
     x = random_flip(x, generator, cfg.flip_p)

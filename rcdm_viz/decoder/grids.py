@@ -11,8 +11,6 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from rcdm_viz.errors import RcdmVizError
-
 
 def png_bytes(img: Image.Image) -> bytes:
     """``img`` encoded as PNG."""
@@ -32,7 +30,7 @@ _WHITE, _TEXT, _NOTE = (255, 255, 255), (0, 0, 0), (90, 90, 90)
 def tensor_to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     """An image [3, H, W] in [0, 1] as an RGB PIL image, upscaled ``scale``x by nearest neighbour."""
     if image.ndim != 3 or image.shape[0] != 3:
-        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
+        raise ValueError(f"image must have shape [3, H, W], got {list(image.shape)}")
     array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
     pil = Image.fromarray(array)
     if scale != 1:
@@ -42,14 +40,14 @@ def tensor_to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
 
 def _check_grid_inputs(image: torch.Tensor, rows: dict[str, torch.Tensor], scale: int) -> None:
     if scale < 1:
-        raise RcdmVizError(f"scale must be >= 1, got {scale}")
+        raise ValueError(f"scale must be >= 1, got {scale}")
     if image.ndim != 3 or image.shape[0] != 3:
-        raise RcdmVizError(f"image must have shape [3, H, W], got {list(image.shape)}")
+        raise ValueError(f"image must have shape [3, H, W], got {list(image.shape)}")
     if not rows:
-        raise RcdmVizError("sample_grid needs at least one row, got none")
+        raise ValueError("sample_grid needs at least one row, got none")
     for name, samples in rows.items():
         if samples.ndim != 4 or samples.shape[0] < 1 or tuple(samples.shape[1:]) != tuple(image.shape):
-            raise RcdmVizError(
+            raise ValueError(
                 f"row {name!r} must have shape [n >= 1, {', '.join(map(str, image.shape))}], "
                 f"got {list(samples.shape)}"
             )
@@ -135,10 +133,10 @@ def interpolation_grid(
     """The interpolation grid: for each layer (rows ``layer`` -> [n, K, 3, H, W] in [0, 1]) n rows of K
     decoded interpolations, between the inputs ``image_a`` (first column) and ``image_b`` (last column)."""
     if scale < 1:
-        raise RcdmVizError(f"scale must be >= 1, got {scale}")
+        raise ValueError(f"scale must be >= 1, got {scale}")
     for name, samples in rows.items():
         if samples.ndim != 5 or tuple(samples.shape[2:]) != tuple(image_a.shape):
-            raise RcdmVizError(
+            raise ValueError(
                 f"row {name!r} must have shape [n, K, {image_a.shape[0]}, H, W], got {list(samples.shape)}"
             )
     font = ImageFont.load_default()

@@ -152,13 +152,13 @@ def _check_sample_args(
     if steps < 1 or steps > num_train_timesteps:
         raise RcdmVizError(f"steps must be between 1 and {num_train_timesteps}, got {steps}")
     if n < 1:
-        raise RcdmVizError(f"n (samples per image) must be >= 1, got {n}")
+        raise ValueError(f"n (samples per image) must be >= 1, got {n}")
     if batch_size < 1:
-        raise RcdmVizError(f"batch_size must be >= 1, got {batch_size}")
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if reps is None:  # unconditional: the null embedding
         return layer or ""
     if reps.ndim != 2:
-        raise RcdmVizError(f"reps must have shape [B, D], got {list(reps.shape)}")
+        raise ValueError(f"reps must have shape [B, D], got {list(reps.shape)}")
     if layer is None:
         if len(decoder.layers) != 1:
             raise RcdmVizError(f"this decoder has layers {decoder.layers}; name one with layer=")

@@ -15,7 +15,6 @@ from diffusers.training_utils import compute_snr
 from torch import nn
 
 from rcdm_viz.config import BetaSchedule, PredictionType, parse_enum
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.seeding import generator_for
 
 
@@ -26,7 +25,7 @@ def make_noise_scheduler(
 ) -> DDPMScheduler:
     """The training DDPM scheduler (RCDM: 1000 linear steps; x0 clipped to [-1, 1] when sampling)."""
     if num_train_timesteps < 1:
-        raise RcdmVizError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+        raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
     schedule = parse_enum(BetaSchedule, beta_schedule, "beta_schedule")
     prediction = parse_enum(PredictionType, prediction_type, "prediction_type")
     return DDPMScheduler(
@@ -81,9 +80,9 @@ def diffusion_loss(
     ``snr_gamma`` > 0 weights each row by ``min_snr_weight``.
     """
     if x0.ndim != 4 or x0.shape[1] != 3:
-        raise RcdmVizError(f"x0 must have shape [N, 3, H, W], got {list(x0.shape)}")
+        raise ValueError(f"x0 must have shape [N, 3, H, W], got {list(x0.shape)}")
     if not 0.0 <= p_uncond <= 1.0:
-        raise RcdmVizError(f"p_uncond must be in [0, 1], got {p_uncond}")
+        raise ValueError(f"p_uncond must be in [0, 1], got {p_uncond}")
     steps = scheduler.config.num_train_timesteps
     if isinstance(generator, RowGenerators):
         t, noise, uncond = generator.draw(x0.shape, steps, timestep_bias, p_uncond)
@@ -113,7 +112,7 @@ def sample_timesteps(n: int, num_timesteps: int, bias: float, generator: torch.G
     Inverse CDF: t = T u^(1 / (1 + b)).
     """
     if bias < 0:
-        raise RcdmVizError(f"decoder.timestep_bias must be >= 0, got {bias}")
+        raise ValueError(f"decoder.timestep_bias must be >= 0, got {bias}")
     if bias == 0:
         return torch.randint(0, num_timesteps, (n,), generator=generator, device=generator.device)
     u = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float64)
@@ -142,7 +141,7 @@ def min_snr_weight(scheduler: DDPMScheduler, t: torch.Tensor, gamma: float) -> t
     min(SNR, gamma) for x0. It stops the many nearly noise-free timesteps from dominating the gradient.
     """
     if gamma <= 0:
-        raise RcdmVizError(f"snr_gamma must be > 0 to weight the loss, got {gamma}")
+        raise ValueError(f"snr_gamma must be > 0 to weight the loss, got {gamma}")
     snr = compute_snr(scheduler, t).float()
     clipped = snr.clamp(max=gamma)
     prediction = PredictionType(scheduler.config.prediction_type)

@@ -146,7 +146,7 @@ class ResNetTrunk(nn.Module):
             {name: [N, C_name]} global-average-pooled, flattened (trunk after the final ReLU).
         """
         if upto not in _STAGE_MODULES:
-            raise RcdmVizError(f"unknown trunk stage {upto!r}; valid: {', '.join(STAGE_NAMES)}")
+            raise ValueError(f"unknown trunk stage {upto!r}; valid: {', '.join(STAGE_NAMES)}")
         h = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out: dict[str, Tensor] = {}
         for name in STAGE_NAMES:

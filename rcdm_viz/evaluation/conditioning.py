@@ -78,7 +78,7 @@ def conditional_losses(
     and noise (seeded by ``seed``).
     """
     if images.ndim != 4 or images.shape[0] < 2:
-        raise RcdmVizError(f"conditional losses need images [N >= 2, 3, H, W], got {list(images.shape)}")
+        raise ValueError(f"conditional losses need images [N >= 2, 3, H, W], got {list(images.shape)}")
     missing = [layer for layer in reps if layer not in decoders]
     if missing:
         raise RcdmVizError(f"no decoder for layers {missing}")

@@ -25,7 +25,7 @@ from rcdm_viz.records import ProbeRow
 
 def _check_splits(train_x: Tensor, test_x: Tensor, what: str) -> None:
     if len(train_x) == 0 or len(test_x) == 0:
-        raise RcdmVizError(f"{what} needs non-empty splits (train {len(train_x)}, test {len(test_x)})")
+        raise ValueError(f"{what} needs non-empty splits (train {len(train_x)}, test {len(test_x)})")
 
 
 STD_FLOOR = 0.1  # no feature is scaled by less than this fraction of its layer's RMS std (see _standardize)

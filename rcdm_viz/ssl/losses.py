@@ -29,8 +29,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from rcdm_viz.errors import RcdmVizError
-
 # Numerical constants of the official implementations.
 _VICREG_STD_EPS = 1e-4  # VICReg: std = sqrt(var + 1e-4)
 _BARLOW_BN_EPS = 1e-5  # Barlow Twins: BatchNorm1d(affine=False) default eps
@@ -72,18 +70,18 @@ def gather_with_grad(x: Tensor) -> Tensor:
 
 
 def _check_pair(name: str, z1: Tensor, z2: Tensor, first: str = "z1", second: str = "z2") -> None:
-    """Raise RcdmVizError unless ``z1`` and ``z2`` are both [N, K] with the same shape."""
+    """Raise ValueError unless ``z1`` and ``z2`` are both [N, K] with the same shape."""
     if z1.dim() != 2 or z2.dim() != 2 or z1.shape != z2.shape:
-        raise RcdmVizError(
+        raise ValueError(
             f"{name}: expected two embedding batches of the same shape [N, K], got "
             f"{first} {tuple(z1.shape)} and {second} {tuple(z2.shape)}"
         )
 
 
 def _check_batch(name: str, z: Tensor, minimum: int, why: str) -> None:
-    """Raise RcdmVizError if the (global) batch ``z`` [N, K] has fewer than ``minimum`` rows."""
+    """Raise ValueError if the (global) batch ``z`` [N, K] has fewer than ``minimum`` rows."""
     if z.shape[0] < minimum:
-        raise RcdmVizError(
+        raise ValueError(
             f"{name}: needs a batch of at least {minimum} embeddings ({why}), got shape {tuple(z.shape)}"
         )
 
@@ -97,7 +95,7 @@ def simclr_loss(z1: Tensor, z2: Tensor, temperature: float = 0.15) -> Tensor:
     """
     _check_pair("simclr_loss", z1, z2)
     if not temperature > 0:
-        raise RcdmVizError(f"simclr_loss: temperature must be > 0, got {temperature}")
+        raise ValueError(f"simclr_loss: temperature must be > 0, got {temperature}")
     z = torch.cat([gather_with_grad(z1), gather_with_grad(z2)], dim=0)
     n = z.shape[0] // 2
     z = F.normalize(z, dim=1)

@@ -11,7 +11,6 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from torch import Tensor, nn
 
 from rcdm_viz.config import Optimizer, SSLConfig
-from rcdm_viz.errors import RcdmVizError
 
 
 class LARS(torch.optim.Optimizer):
@@ -78,7 +77,7 @@ def make_optimizer(
     E/N trains with LARS, base lr 0.5, batch 512; GR with AdamW, batch 2048.
     """
     if not ssl.lr > 0:
-        raise RcdmVizError(f"ssl.lr must be > 0, got {ssl.lr}")
+        raise ValueError(f"ssl.lr must be > 0, got {ssl.lr}")
     lr = ssl.lr * ssl.batch_size / 256
     groups = param_groups(model, ssl.weight_decay)
     if Optimizer(ssl.optimizer) is Optimizer.LARS:

@@ -237,14 +237,15 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
     redraw = check_redraw_factors(cfg.views.redraw_factors, cfg.data.source)
     parse_head(cfg.encoder.head)
     require_fits(cfg, "train-encoder")
-    method = get_method(cfg.ssl.method)
+    total_steps(cfg.data.n_train, cfg.ssl)  # ssl.batch_size against the most images the data can give
     accelerator = make_accelerator(cfg.ssl.precision)
+    method = get_method(cfg.ssl.method)
     train = load_images(cfg.data, "train", progress=progress and accelerator.is_main_process)
     if method.needs_labels and train.num_classes < 2:
         raise RcdmVizError(
             f"method '{method.name.value}' needs labelled images; data has {train.num_classes} class(es)"
         )
-    total_steps(len(train), cfg.ssl)  # ssl.batch_size against the images there are
+    total_steps(len(train), cfg.ssl)  # a folder may hold fewer images than data.n_train
     with step_lock(run, "encoder", enabled=accelerator.is_main_process):
         return _train_locked(cfg, run, train=train, redraw=redraw, accelerator=accelerator, resume=resume,
                              progress=progress)

@@ -71,11 +71,11 @@ def test_view_config_rejects_bad_values(field, value):
 
 
 def test_bad_inputs():
-    with pytest.raises(RcdmVizError, match=r"\(2, 1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"\(2, 1, 8, 8\)"):
         two_views(torch.rand(2, 1, 8, 8), _gen())
-    with pytest.raises(RcdmVizError, match="uint8"):
+    with pytest.raises(ValueError, match="uint8"):
         two_views(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), _gen())
-    with pytest.raises(RcdmVizError, match="view must be 0 or 1, got 2"):
+    with pytest.raises(ValueError, match="view must be 0 or 1, got 2"):
         make_views(_images(), _gen(), ViewsConfig(), view=2)
 
 

@@ -133,7 +133,7 @@ def test_bad_arguments_name_the_value(decoder, reps):
         sample(decoder, reps, n=1, layer="head7")
     with pytest.raises(RcdmVizError, match=r"5.*8"):
         sample(decoder, reps[:, :5], n=1)
-    with pytest.raises(RcdmVizError, match=r"n \(samples per image\).*0"):
+    with pytest.raises(ValueError, match=r"n \(samples per image\).*0"):
         sample(decoder, reps, n=0)
     with pytest.raises(RcdmVizError, match=r"\['a', 'b'\]"):
         sample(make_decoder({"a": DIM, "b": DIM}), reps, n=1)

@@ -59,7 +59,7 @@ def test_a_decoder_that_reads_the_representation_scores_them_apart(data):
 def test_bad_input_is_named(data):
     images, reps = data
     dec = shared_decoder(trained_conditioning=False)
-    with pytest.raises(RcdmVizError, match="N >= 2"):
+    with pytest.raises(ValueError, match="N >= 2"):
         conditional_losses({"trunk": dec}, images[:1], {"trunk": reps["trunk"][:1]})
     with pytest.raises(RcdmVizError, match="0 <= lo < hi <= 1000"):
         conditional_losses({"trunk": dec}, images, {"trunk": reps["trunk"]}, bands=((900, 1200),))

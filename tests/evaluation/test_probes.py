@@ -102,7 +102,7 @@ def test_probe_errors(tiny_run, tmp_path):
     cfg, run = tiny_run
     with pytest.raises(RcdmVizError, match="head9"):
         probe_run(cfg, run, progress=False, layers="head9")
-    with pytest.raises(RcdmVizError, match="non-empty"):
+    with pytest.raises(ValueError, match="non-empty"):
         linear_probe(torch.zeros(0, 3), torch.zeros(0).long(), torch.zeros(2, 3), torch.zeros(2).long())
     with pytest.raises(RcdmVizError, match="no encoder"):
         probe_run(cfg, RunDir(tmp_path / "empty"), progress=False)

@@ -401,16 +401,16 @@ def render(
     supersample = resolve_supersample(resolution, supersample)
     missing = [k for k in FACTORS if k not in factors]
     if missing:
-        raise RcdmVizError(f"render: missing factors {missing}; expected all of {list(FACTORS)}")
+        raise ValueError(f"render: missing factors {missing}; expected all of {list(FACTORS)}")
     labels = torch.as_tensor(labels).long().flatten()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(Shape)):
         bad = labels[(labels < 0) | (labels >= len(Shape))][0]
-        raise RcdmVizError(f"render: label {int(bad)} is not a shape index in [0, {len(Shape)})")
+        raise ValueError(f"render: label {int(bad)} is not a shape index in [0, {len(Shape)})")
     device = labels.device
     values = {k: torch.as_tensor(factors[k], device=device).flatten() for k in FACTORS}
     wrong = {k: v.numel() for k, v in values.items() if v.numel() != labels.numel()}
     if wrong:
-        raise RcdmVizError(f"render: factor lengths {wrong} differ from the {labels.numel()} labels")
+        raise ValueError(f"render: factor lengths {wrong} differ from the {labels.numel()} labels")
     size = resolution * supersample
     cam = _camera(size, str(device))
     prm = _scene_params(values, labels, cam.origin)
