@@ -27,6 +27,21 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], default
     return value
 
 
+def _checked_file(obj: Any, name: str, version: int) -> dict[str, Any]:
+    """``obj`` (a file's parsed JSON) when it is a mapping of format ``version`` (files written before the
+    format key existed read as format 1)."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"{name} holds a {type(obj).__name__}, not a mapping")
+    fmt = obj.get("format", 1)
+    if fmt != version:
+        raise ValueError(f"{name} has format {str(fmt)[:20]!r}; this version reads {version}")
+    return obj
+
+
+def _rows_json(rows: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: row.to_json() for name, row in rows.items()}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, _NUMBER) and not isinstance(value, bool)
 
@@ -72,11 +87,7 @@ class SampleMeta:
 
     @classmethod
     def from_json(cls, obj: Any) -> SampleMeta:
-        if not isinstance(obj, dict):
-            raise ValueError(f"meta.json holds a {type(obj).__name__}, not a mapping")
-        fmt = obj.get("format", 1)
-        if fmt != cls.FORMAT:
-            raise ValueError(f"meta.json has format {str(fmt)[:20]!r}; this version reads {cls.FORMAT}")
+        obj = _checked_file(obj, "meta.json", cls.FORMAT)
         alpha = _field(obj, "alpha", list, None)
         if alpha is not None and not all(isinstance(a, _NUMBER) and not isinstance(a, bool) for a in alpha):
             raise ValueError("field 'alpha' must be a list of numbers")
@@ -173,17 +184,11 @@ class ProbeReport:
     FORMAT = 1
 
     def to_json(self) -> dict[str, Any]:
-        out = {"format": self.FORMAT, **dataclasses.asdict(self)}
-        out["layers"] = {name: row.to_json() for name, row in self.layers.items()}
-        return out
+        return {"format": self.FORMAT, **dataclasses.asdict(self), "layers": _rows_json(self.layers)}
 
     @classmethod
     def from_json(cls, obj: Any) -> ProbeReport:
-        if not isinstance(obj, dict):
-            raise ValueError(f"probes.json holds a {type(obj).__name__}, not a mapping")
-        fmt = obj.get("format", 1)
-        if fmt != cls.FORMAT:
-            raise ValueError(f"probes.json has format {str(fmt)[:20]!r}; this version reads {cls.FORMAT}")
+        obj = _checked_file(obj, "probes.json", cls.FORMAT)
         layers = _field(obj, "layers", dict)
         invariance = _field(obj, "invariance", dict, {})
         if not all(isinstance(v, dict) for v in invariance.values()):
@@ -255,17 +260,12 @@ class ImageScores:
     FORMAT = 1
 
     def to_json(self) -> dict[str, Any]:
-        out = {"format": self.FORMAT, **{k: v for k, v in dataclasses.asdict(self).items() if v is not None}}
-        out["layers"] = {name: row.to_json() for name, row in self.layers.items()}
-        return out
+        present = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {"format": self.FORMAT, **present, "layers": _rows_json(self.layers)}
 
     @classmethod
     def from_json(cls, obj: Any) -> ImageScores:
-        if not isinstance(obj, dict):
-            raise ValueError(f"scores.json holds a {type(obj).__name__}, not a mapping")
-        fmt = obj.get("format", 1)
-        if fmt != cls.FORMAT:
-            raise ValueError(f"scores.json has format {str(fmt)[:20]!r}; this version reads {cls.FORMAT}")
+        obj = _checked_file(obj, "scores.json", cls.FORMAT)
         layers = _field(obj, "layers", dict)
         return cls(
             distance=_field(obj, "distance", str), n=_field(obj, "n", int),
