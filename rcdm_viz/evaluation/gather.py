@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import TRUNK, is_head
 from rcdm_viz.runs import RunDir, atomic_write_text, read_json
 
 _MEANS = ("fidelity", "diversity", "consistency", "retrieval_top1", "shape_kept", "grain")
@@ -140,7 +141,7 @@ def by_width(summaries: list[dict]) -> list[dict]:
 
 
 def head_layer(summary: dict) -> str | None:
-    heads = [n for n in summary["layers"] if n.startswith("head")]
+    heads = [n for n in summary["layers"] if is_head(n)]
     return heads[-1] if heads else None
 
 
@@ -172,7 +173,7 @@ def distinct_widths(runs: list[dict]) -> int:
     return len({s["width"] for s in runs})
 
 
-def markdown_table(summaries: list[dict], layers: Sequence[str] = ("trunk", "head")) -> str:
+def markdown_table(summaries: list[dict], layers: Sequence[str] = (TRUNK, "head")) -> str:
     """A Markdown table, one row per run x layer ("head" = the run's last projector layer), of the probes."""
     cols = ["linear_acc", "mlp_acc", "knn_acc", "binary_acc"]
     lines = [
