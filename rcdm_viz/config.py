@@ -34,6 +34,7 @@ from rcdm_viz.choices import (
 )
 from rcdm_viz.errors import RcdmVizError, shown
 from rcdm_viz.field_rules import above, at_least, between, check_fields, each, finite_number
+from rcdm_viz.layers import LayerVocabulary
 
 __all__ = [  # the choices live in rcdm_viz.choices; importing them from here keeps working
     "BetaSchedule", "DataSource", "Distance", "Method", "Optimizer", "Precision", "PredictionType",
@@ -288,7 +289,7 @@ class ScoresConfig:
 class QuickstartConfig:
     """The one-command demo on synthetic scenes."""
 
-    decoder_layers: tuple[str, ...] = ("trunk", "head1", "head2", "head3")  # rows of the demo's grids
+    decoder_layers: tuple[str, ...] = tuple(LayerVocabulary(n_heads=3).guillotine)  # rows of the demo's grids
     shared_decoder: bool = True  # one decoder for all layers (`--layer all`) instead of one per layer
     n_images: int = 4  # held-out scenes sampled into grids
 

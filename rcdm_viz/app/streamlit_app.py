@@ -22,11 +22,12 @@ import yaml
 from rcdm_viz import browse
 from rcdm_viz.config import SamplerName
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import STAGES
 from rcdm_viz.records import LINEAR
 
 VIEWS = ("Run", "Grids", "Layers", "Compare", "Live sample")
 # Probed layers before the trunk (docs/DESIGN.md, "Definitions").
-EARLY_LAYERS = ("stage1", "stage2", "stage3")
+EARLY_LAYERS = STAGES
 GRID_CAPTION = "rows = layers, column 0 = the input"
 LIVE_CACHE_ENTRIES = 64  # live grids kept in memory (one PNG each)
 MODEL_CACHE_ENTRIES = 2  # runs whose models stay loaded (two, to compare runs): full-size decoders are big

@@ -25,6 +25,7 @@ from rcdm_viz.browse.roots import (
 from rcdm_viz.config import Config, config_from_dict, unreadable_reason
 from rcdm_viz.errors import UNREADABLE_IMAGE, RcdmVizError, short
 from rcdm_viz.evaluation.gather import flat_rows, gather_run
+from rcdm_viz.layers import TRUNK, LayerVocabulary
 from rcdm_viz.records import ImageScores, SampleMeta
 from rcdm_viz.runs import RunDir, aside_path, read_metrics
 
@@ -120,10 +121,9 @@ def encoder_layers(encoder_config: dict[str, Any]) -> dict[str, int]:
     """Layer -> dimension of an encoder from its bundle's config.json (trunk, head1..headK), no weights."""
     from rcdm_viz.encoders import parse_head  # deferred: run views load without torch
 
-    dims = {"trunk": int(encoder_config["width"])}
-    for i, dim in enumerate(parse_head(str(encoder_config["head"])).dims):
-        dims[f"head{i + 1}"] = dim
-    return dims
+    head_dims = parse_head(str(encoder_config["head"])).dims
+    vocabulary = LayerVocabulary.from_head_dims(head_dims)
+    return {TRUNK: int(encoder_config["width"]), **dict(zip(vocabulary.heads, head_dims, strict=True))}
 
 
 def _current_log(run: RunDir, bundle: Path, step_name: str) -> Path:

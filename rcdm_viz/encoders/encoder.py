@@ -25,6 +25,7 @@ from rcdm_viz.config import EncoderConfig
 from rcdm_viz.encoders.projector import HeadSpec, Projector, parse_head
 from rcdm_viz.encoders.resnet import STAGE_NAMES, Arch, ResNetTrunk
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import TRUNK, LayerVocabulary
 from rcdm_viz.runs import atomic_write, atomic_write_text
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -33,7 +34,6 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 _BUNDLE_FORMAT = "rcdm_viz.encoder/1"
-_EARLY_STAGES: tuple[str, ...] = STAGE_NAMES[:-1]
 # Bundles of other architectures, by their config's "arch" (rcdm_viz.encoders.efficientnet adds its own);
 # any other arch is the ResNet Encoder's.
 ARCH_CLASSES: dict[str, Any] = {}
@@ -89,14 +89,19 @@ class Encoder(nn.Module):
 
     # ----------------------------------------------------------------------------------------- names
     @property
+    def vocabulary(self) -> LayerVocabulary:
+        """This encoder's layer names (rcdm_viz.layers): stages, trunk, one head per projector layer."""
+        return LayerVocabulary(n_heads=len(self.projector.layer_names))
+
+    @property
     def layer_names(self) -> list[str]:
         """["trunk", "head1", ..., "headK"]: the layers of the guillotine, shallow to deep."""
-        return ["trunk", *self.projector.layer_names]
+        return self.vocabulary.guillotine
 
     @property
     def all_layer_names(self) -> list[str]:
         """["stage1", "stage2", "stage3"] + layer_names."""
-        return [*_EARLY_STAGES, *self.layer_names]
+        return self.vocabulary.names
 
     @property
     def layer_dims(self) -> dict[str, int]:
@@ -171,10 +176,10 @@ class Encoder(nn.Module):
             return {}
         heads = [n for n in names if n not in STAGE_NAMES]
         # Run the trunk only as deep as the deepest requested stage (all of it if any head is wanted).
-        upto = "trunk" if heads else max(names, key=STAGE_NAMES.index)
+        upto = TRUNK if heads else max(names, key=STAGE_NAMES.index)
         out = self.trunk.forward_stages(x, upto)
         if heads:
-            out.update(self.projector(out["trunk"], heads))
+            out.update(self.projector(out[TRUNK], heads))
         return {name: out[name] for name in names}
 
     @classmethod

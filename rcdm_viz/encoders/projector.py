@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import head_names
 
 _MLP_RE = re.compile(r"[1-9][0-9]*(-[1-9][0-9]*)*")
 _LINEAR_RE = re.compile(r"linear:([1-9][0-9]*)")
@@ -141,7 +142,7 @@ class Projector(nn.Module):
     @property
     def layer_names(self) -> list[str]:
         """["head1", ..., "headK"] (empty for "none")."""
-        return [f"head{i + 1}" for i in range(len(self.layers))]
+        return head_names(len(self.layers))
 
     @property
     def layer_dims(self) -> dict[str, int]:

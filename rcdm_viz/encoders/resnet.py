@@ -19,9 +19,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
 from rcdm_viz.config import parse_enum
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import STAGES, TRUNK
 
 # Trunk-level layer names, in depth order; each is the pooled output of one torchvision stage.
-STAGE_NAMES: tuple[str, ...] = ("stage1", "stage2", "stage3", "trunk")
+STAGE_NAMES: tuple[str, ...] = (*STAGES, TRUNK)
 _STAGE_MODULES: dict[str, str] = dict(zip(STAGE_NAMES, ("layer1", "layer2", "layer3", "layer4"), strict=True))
 
 
@@ -95,7 +96,7 @@ class ResNetTrunk(nn.Module):
         self.stage_dims: dict[str, int] = {}
         for i, (name, n_blocks) in enumerate(zip(STAGE_NAMES, spec.blocks_per_stage, strict=True)):
             planes = base_width * 2**i
-            last_width = width if name == "trunk" else None
+            last_width = width if name == TRUNK else None
             stride = 1 if i == 0 else 2
             stage = self._make_stage(spec.block, planes, n_blocks, stride, last_width=last_width)
             setattr(self, _STAGE_MODULES[name], stage)
@@ -136,7 +137,7 @@ class ResNetTrunk(nn.Module):
         """D, the dimension of the pooled trunk output."""
         return self.width
 
-    def forward_stages(self, x: Tensor, upto: str = "trunk") -> dict[str, Tensor]:
+    def forward_stages(self, x: Tensor, upto: str = TRUNK) -> dict[str, Tensor]:
         """Pooled outputs of every stage from stage1 to ``upto`` (inclusive); deeper stages are not run.
 
         Args:
@@ -159,4 +160,4 @@ class ResNetTrunk(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled trunk output: [N, 3, H, W] -> [N, D]."""
-        return self.forward_stages(x, "trunk")["trunk"]
+        return self.forward_stages(x, TRUNK)[TRUNK]

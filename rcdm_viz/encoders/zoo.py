@@ -35,6 +35,7 @@ from rcdm_viz.encoders.encoder import Encoder
 from rcdm_viz.encoders.projector import parse_head
 from rcdm_viz.encoders.resnet import Arch
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import head_name
 from rcdm_viz.runs import ENCODER_DIR, RunDir, fill_and_replace_dir, read_json, write_json
 from rcdm_viz.weights import get_package, load_weights
 
@@ -390,7 +391,7 @@ def registry_table(directory: str | os.PathLike[str] = REGISTRY_DIR) -> str:
     """Text table of the registry: name, layers with dimensions, file, and whether it is present locally."""
     rows = [("name", "layers", "file", "local copy")]
     for entry in load_registry(directory).values():
-        heads = [f"head{i + 1}:{d}" for i, d in enumerate(parse_head(entry.head).dims)]  # DESIGN's names
+        heads = [f"{head_name(i)}:{d}" for i, d in enumerate(parse_head(entry.head).dims)]  # DESIGN's names
         layers = " ".join([f"trunk:{entry.width}", *heads])
         found = find_local_weights(entry)
         rows.append((entry.name, layers, entry.filename, str(found) if found else "missing"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.layers import TRUNK, is_head
 from rcdm_viz.records import (
     DECODER_METRICS,
     LINEAR,
@@ -154,7 +155,7 @@ def by_width(summaries: list[dict]) -> list[dict]:
 
 
 def head_layer(summary: dict) -> str | None:
-    heads = [n for n in summary["layers"] if n.startswith("head")]
+    heads = [n for n in summary["layers"] if is_head(n)]
     return heads[-1] if heads else None
 
 
@@ -186,7 +187,7 @@ def distinct_widths(runs: list[dict]) -> int:
     return len({s["width"] for s in runs})
 
 
-def markdown_table(summaries: list[dict], layers: Sequence[str] = ("trunk", "head")) -> str:
+def markdown_table(summaries: list[dict], layers: Sequence[str] = (TRUNK, "head")) -> str:
     """A Markdown table, one row per run x layer ("head" = the run's last projector layer), of the probes."""
     cols = [m.key for m in PROBE_ACCURACIES]
     lines = [

@@ -37,6 +37,7 @@ from rcdm_viz.evaluation.gather import (  # noqa: E402
     width_series,
     write_csv,
 )
+from rcdm_viz.layers import TRUNK  # noqa: E402
 from rcdm_viz.records import (
     BINARY,
     CONSISTENCY,
@@ -202,8 +203,8 @@ def plot_accuracy_vs_width(runs: list[dict], path: Path) -> Path | None:
     if distinct_widths(runs) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"][LINEAR.key], marker="o",
-                                label="trunk")
+    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"][TRUNK][LINEAR.key], marker="o",
+                                label=TRUNK)
     _plot_width_series(ax, runs, lambda s: 100 * s["layers"][h][LINEAR.key] if (h := head_layer(s))
                        else math.nan, marker="s", label="last projector layer")
     if runs[0].get("chance") is not None:
@@ -220,7 +221,7 @@ def plot_sparsity_vs_width(runs: list[dict], path: Path) -> Path | None:
     if distinct_widths(runs) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"]["trunk"]["sparsity"], marker="o",
+    widths = _plot_width_series(ax, runs, lambda s: 100 * s["layers"][TRUNK]["sparsity"], marker="o",
                                 color="C2")
     _width_axis(ax, widths)
     ax.set_ylabel("trunk activations exactly 0 (%)")
@@ -235,7 +236,7 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, shift, label in ((LINEAR.key, -0.2, "continuous"), (BINARY.key, 0.2, "binarized (x > 0)")):
-        widths, means, err = width_series(runs, lambda s, k=key: 100 * s["layers"]["trunk"][k])
+        widths, means, err = width_series(runs, lambda s, k=key: 100 * s["layers"][TRUNK][k])
         xs = [x + shift for x in range(len(widths))]
         ax.bar(xs, means, 0.4, yerr=err, capsize=3, label=label)
     ax.set_xticks(list(range(len(widths))), [str(w) for w in widths])
@@ -249,12 +250,12 @@ def plot_binary_vs_continuous(runs: list[dict], path: Path) -> Path | None:
 
 def plot_linear_vs_mlp(runs: list[dict], path: Path) -> Path | None:
     """Trunk linear vs MLP probe accuracy vs D (E/N Figure 8)."""
-    runs = [s for s in runs if MLP.key in s["layers"]["trunk"]]
+    runs = [s for s in runs if MLP.key in s["layers"][TRUNK]]
     if distinct_widths(runs) < 2:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for key, marker, label in ((LINEAR.key, "o", "linear probe"), (MLP.key, "s", "MLP probe")):
-        widths = _plot_width_series(ax, runs, lambda s, k=key: 100 * s["layers"]["trunk"][k], marker=marker,
+        widths = _plot_width_series(ax, runs, lambda s, k=key: 100 * s["layers"][TRUNK][k], marker=marker,
                                     label=label)
     _width_axis(ax, widths)
     ax.set_ylabel("trunk probe top-1 (%)")

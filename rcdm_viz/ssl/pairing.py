@@ -19,6 +19,7 @@ from rcdm_viz.data.sources import ImageSet
 from rcdm_viz.encoders import load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import FeatureTable, cached_features
+from rcdm_viz.layers import TRUNK
 from rcdm_viz.runs import atomic_write, read_json, write_json
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.methods import Pairing
@@ -94,7 +95,7 @@ def neighbour_table(
     table, info = Path(cache) / "neighbours.npy", Path(cache) / "neighbours.json"
     if table.is_file() and info.is_file() and read_json(info) == meta:
         return torch.from_numpy(np.load(table))
-    trunk = cached_features(encoder, images, ["trunk"], cache, batch_size=batch_size)["trunk"]
+    trunk = cached_features(encoder, images, [TRUNK], cache, batch_size=batch_size)[TRUNK]
     neighbours = nearest_neighbours(trunk, device=device)
     atomic_write(table, lambda tmp: _save_npy(tmp, neighbours.numpy()))
     write_json(info, meta)
