@@ -37,13 +37,14 @@ class ShippedPrior:
 PRIORS: dict[str, ShippedPrior] = {
     "scene-prior": ShippedPrior(
         "scene-prior",
-        "c88fd3d371463a731fc7a5b2aea352b01d0d6489532e25cd2752a899d1520eaa",
+        "eb568b900c679fd6624ec73a475bdde7f5491aff17f6ecb568e088845af3aecf",
         "rcdm-viz train-decoder --run runs/scene-prior --preset scene-prior --layer prior (stopped after "
-        "its step-5000 checkpoint), then the same with --resume --set decoder.steps=5000 "
-        "--set decoder.compile=false",
-        "7ee805e070beb351709c06b428dede58dfb80e83",
+        "its step-5000 checkpoint; commit 7ee805e0), then the same with --resume --set decoder.steps=14000 "
+        "(stopped after its step-12000 checkpoint), then the same with --resume "
+        "--set decoder.steps=12000 --set decoder.compile=false",
+        "dd7b08392071a09c80454b2b972de3cc22159121",
         "Unconditional 32-px decoder of the synthetic scenes (UNet 32-64-64, one block a level, "
-        "v-prediction): 5,000 steps of batch 32 on fresh scenes, EMA 0.9995.",
+        "v-prediction): 12,000 steps of batch 32 on fresh scenes, EMA 0.9995.",
     ),
 }
 
