@@ -174,7 +174,7 @@ def test_sample_grid_layout():
     assert wider.width - grid.width == 2 * (cell + GRID_GAP) and wider.height == grid.height
     taller = sample_grid(image, {**rows, "head2": rows["head1"]}, notes={"trunk": "acc 0.91"})
     assert taller.height - grid.height == cell + GRID_GAP and taller.width == grid.width
-    with pytest.raises(RcdmVizError, match="'head1'"):
+    with pytest.raises(ValueError, match="'head1'"):
         sample_grid(image, {"head1": torch.zeros(2, 3, RES + 1, RES)})
 
 

@@ -306,7 +306,7 @@ def test_a_resume_may_lower_the_learning_rate(tiny_run, tmp_path, monkeypatch):
 
     run = run_with_encoder(tiny_run, tmp_path, "lower")
     over = ("decoder.steps=4", "decoder.checkpoint_every=2")
-    def killed(*args):  # after the step-2 checkpoint, before the save
+    def killed(*args, **kwargs):  # after the step-2 checkpoint, before the save
         raise SystemExit("killed")
 
     with monkeypatch.context() as mp:
