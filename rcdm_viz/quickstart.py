@@ -110,8 +110,8 @@ def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) ->
              for name in layers if name in per_layer and per_layer[name].shape_kept is not None]
     if shape:
         lines.append(f"shape kept in the samples (linear / MLP probe accuracy): {', '.join(shape)}")
+    retained = {name: per_layer[name].factor_retention or {} for name in layers if name in per_layer}
     for factor in factors:
-        retained = {name: per_layer[name].factor_retention or {} for name in layers if name in per_layer}
         kept = [f"{name} {retained[name][factor]:.2f}" for name in retained if factor in retained[name]]
         if kept:
             name = factor.replace("_", " ")

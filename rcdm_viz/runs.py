@@ -432,13 +432,19 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
 
 
-def _step_of(line: str) -> float:
-    """The step of one metrics line; a torn or foreign line counts as past every step (it is dropped)."""
+def _record(line: str) -> dict[str, Any] | None:
+    """One metrics line as its record; None for a torn line or one that is not a JSON object."""
     try:
         record = json.loads(line)
     except (json.JSONDecodeError, RecursionError):
-        return float("inf")
-    step = record.get("step", 0) if isinstance(record, dict) else None
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics line; a torn or foreign line counts as past every step (it is dropped)."""
+    record = _record(line)
+    step = record.get("step", 0) if record is not None else None
     return step if isinstance(step, int | float) and not isinstance(step, bool) else float("inf")
 
 
@@ -449,10 +455,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not Path(path).is_file():
         return records
     for line in Path(path).read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            continue
-        if isinstance(record, dict):
+        if (record := _record(line)) is not None:
             records.append(record)
     return records

@@ -324,15 +324,16 @@ def layer_rows(obj: Any) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def _sample_meta(raw: Any, problems: list[str]) -> dict[str, Any]:
-    """meta.json checked field by field (``records.SampleMeta``); a wrong-typed file is one notice."""
+def _checked(raw: Any, record: Any, name: str, problems: list[str]) -> Any:
+    """``record.from_json(raw)`` (a typed record checks every field), or None with one notice naming the
+    file when a field has the wrong type; None when the file was missing or unreadable (``raw`` None)."""
     if raw is None:
-        return {}
+        return None
     try:
-        return SampleMeta.from_json(raw).to_json()
+        return record.from_json(raw)
     except ValueError as err:
-        problems.append(f"meta.json ignored: {err}")
-        return {}
+        problems.append(f"{name} ignored: {err}")
+        return None
 
 
 def load_sample(run: RunDir, image_id: str) -> SampleView:
@@ -341,7 +342,8 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
     if not folder.is_dir():
         raise RcdmVizError(f"no sample '{image_id}' in run '{run.root.name}'")
     problems: list[str] = []
-    meta = _sample_meta(_read_json(run, folder / "meta.json", problems), problems)
+    checked = _checked(_read_json(run, folder / "meta.json", problems), SampleMeta, "meta.json", problems)
+    meta = checked.to_json() if checked is not None else {}
     grid, err = open_png(folder / "grid.png", run)
     problems += [err] if err else []
     shown, strips = None, {}
@@ -360,14 +362,9 @@ def load_sample(run: RunDir, image_id: str) -> SampleView:
                 problems.append(f"samples of layer '{layer}': {err}")
             else:
                 strips[str(layer)] = img
-    raw_scores = _read_json(run, folder / "scores.json", problems)
-    scores = {}
-    if raw_scores is not None:
-        try:
-            rows = ImageScores.from_json(raw_scores).layers
-            scores = {layer: _flat(row.to_json()) for layer, row in rows.items()}
-        except ValueError as err:
-            problems.append(f"scores.json ignored: {err}")
+    stored = _checked(_read_json(run, folder / "scores.json", problems), ImageScores, "scores.json", problems)
+    rows = stored.layers if stored is not None else {}
+    scores = {layer: _flat(row.to_json()) for layer, row in rows.items()}
     return SampleView(image_id, grid, shown, strips, meta, scores, problems)
 
 

@@ -247,15 +247,15 @@ def train_encoder(cfg: Config, run: RunDir, resume: bool = False, progress: bool
         )
     total_steps(len(train), cfg.ssl)  # a folder may hold fewer images than data.n_train
     with step_lock(run, "encoder", enabled=accelerator.is_main_process):
-        return _train_locked(cfg, run, train=train, redraw=redraw, accelerator=accelerator, resume=resume,
-                             progress=progress)
+        return _train_locked(cfg, run, train=train, method=method, redraw=redraw, accelerator=accelerator,
+                             resume=resume, progress=progress)
 
 
 def _train_locked(
-    cfg: Config, run: RunDir, *, train: ImageSet, redraw: tuple[str, ...], accelerator: Accelerator,
-    resume: bool, progress: bool,
+    cfg: Config, run: RunDir, *, train: ImageSet, method: MethodSpec, redraw: tuple[str, ...],
+    accelerator: Accelerator, resume: bool, progress: bool,
 ) -> Encoder:
-    main, method = accelerator.is_main_process, get_method(cfg.ssl.method)
+    main = accelerator.is_main_process
     steps = total_steps(len(train), cfg.ssl)
     step_fn, encoder = build_ssl_step(
         cfg, accelerator, train.num_classes, steps, len(train) // cfg.ssl.batch_size
