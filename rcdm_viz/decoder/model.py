@@ -77,20 +77,20 @@ def _check_config(
     """Raise RcdmVizError on a configuration the UNet cannot be built from (no layers = the prior)."""
     for name, dim in layer_dims.items():
         if not isinstance(name, str) or not name or "." in name:
-            raise RcdmVizError(f"decoder layer name {name!r} must be a non-empty string without '.'")
+            raise ValueError(f"decoder layer name {name!r} must be a non-empty string without '.'")
         if int(dim) < 1:
-            raise RcdmVizError(f"decoder layer {name!r} has dimension {dim}; it must be >= 1")
+            raise ValueError(f"decoder layer {name!r} has dimension {dim}; it must be >= 1")
     if not block_out_channels:
-        raise RcdmVizError("block_out_channels must name at least one level, got ()")
+        raise ValueError("block_out_channels must name at least one level, got ()")
     factor = 2 ** (len(block_out_channels) - 1)
     if resolution < 1 or resolution % factor:
-        raise RcdmVizError(
+        raise ValueError(
             f"resolution {resolution} must be divisible by {factor} "
             f"({len(block_out_channels)} UNet levels, block_out_channels={tuple(block_out_channels)})"
         )
     bad = [c for c in block_out_channels if c % norm_num_groups]
     if bad:
-        raise RcdmVizError(
+        raise ValueError(
             f"norm_num_groups {norm_num_groups} must divide every entry of block_out_channels "
             f"{tuple(block_out_channels)} (not {bad})"
         )
@@ -142,7 +142,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         else:  # a given UNet2DModel's shape (a warm start from a plain diffusers UNet)
             _check_config(layer_dims, 1, (1,), 1)
             if unet_config.get("sample_size") != resolution:
-                raise RcdmVizError(f"unet_config's sample_size {unet_config.get('sample_size')!r} is not the "
+                raise ValueError(f"unet_config's sample_size {unet_config.get('sample_size')!r} is not the "
                                    f"decoder's resolution {resolution}")
             unet_config = {**unet_config, "class_embed_type": "identity", "num_class_embeds": None}
         self.unet = UNet2DModel(**unet_config)
@@ -231,13 +231,13 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
 
     def _check_layer(self, layer: str) -> None:
         if layer not in self._layer_index:
-            raise RcdmVizError(f"unknown decoder layer {layer!r}; this decoder has layers {self.layers}")
+            raise ValueError(f"unknown decoder layer {layer!r}; this decoder has layers {self.layers}")
 
     def _single_condition(self, reps: torch.Tensor, layer: str, n: int) -> torch.Tensor:
         """[n, T] conditioning for ``reps`` [n, D] that all come from ``layer``."""
         dim = self.config.layer_dims[layer]
         if reps.ndim != 2 or reps.shape[1] != dim or reps.shape[0] != n:
-            raise RcdmVizError(
+            raise ValueError(
                 f"reps for layer {layer!r} must have shape [{n}, {dim}], got {list(reps.shape)} "
                 f"(representation dim {reps.shape[-1] if reps.ndim else 0} vs decoder dim {dim})"
             )
@@ -257,11 +257,11 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         """
         width = self.rep_width
         if index.shape != (n,) or index.dtype != torch.long:
-            raise RcdmVizError(f"layer index must be a long tensor of shape [{n}], got {list(index.shape)}")
+            raise ValueError(f"layer index must be a long tensor of shape [{n}], got {list(index.shape)}")
         if reps.shape != (n, width):
-            raise RcdmVizError(f"packed reps must have shape [{n}, {width}], got {list(reps.shape)}")
+            raise ValueError(f"packed reps must have shape [{n}, {width}], got {list(reps.shape)}")
         if n and (int(index.min()) < 0 or int(index.max()) >= len(self.layers)):
-            raise RcdmVizError(f"layer index out of range [0, {len(self.layers)}): {index.tolist()}")
+            raise ValueError(f"layer index out of range [0, {len(self.layers)}): {index.tolist()}")
         dtype = self.null_embedding.dtype
         cond = torch.zeros(n, self.time_embed_dim, device=reps.device, dtype=dtype)
         for i, name in enumerate(self.layers):
@@ -298,7 +298,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
             cond = self._mixed_condition(reps, layer, n)
         if uncond is not None:
             if uncond.shape != (n,):
-                raise RcdmVizError(f"uncond mask must have shape [{n}], got {list(uncond.shape)}")
+                raise ValueError(f"uncond mask must have shape [{n}], got {list(uncond.shape)}")
             cond = torch.where(uncond.to(device=cond.device, dtype=torch.bool).unsqueeze(1), null, cond)
         return cond
 
@@ -318,7 +318,7 @@ class RCDMDecoder(ModelMixin, ConfigMixin):
         use the learned null embedding instead (classifier-free guidance).  Returns [N, 3, H, W].
         """
         if x_t.ndim != 4 or x_t.shape[1] != 3:
-            raise RcdmVizError(f"x_t must have shape [N, 3, H, W], got {list(x_t.shape)}")
+            raise ValueError(f"x_t must have shape [N, 3, H, W], got {list(x_t.shape)}")
         cond = self.condition(reps, layer, x_t.shape[0], uncond)
         return self.unet(x_t, t, class_labels=cond).sample
 

@@ -78,7 +78,7 @@ def make_sampler(sampler: str | Sampler, train_scheduler_config: Mapping) -> Sch
     kind = _as_sampler(sampler)
     factory = SAMPLERS.get(kind)
     if factory is None:
-        raise RcdmVizError(f"sampler '{kind.value}' has no scheduler factory in SAMPLERS")
+        raise ValueError(f"sampler '{kind.value}' has no scheduler factory in SAMPLERS")
     return factory(dict(train_scheduler_config))
 
 

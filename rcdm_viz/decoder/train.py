@@ -203,17 +203,10 @@ def make_decoder_step(
 
 
 def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
-    if dec.timestep_bias < 0:
-        raise RcdmVizError(f"decoder.timestep_bias must be >= 0 (0 = uniform), got {dec.timestep_bias}")
-    if dec.snr_gamma < 0:
-        raise RcdmVizError(f"decoder.snr_gamma must be >= 0 (0 = unweighted loss), got {dec.snr_gamma}")
-    if dec.batch_size < 1 or dec.steps < 1:
+    """What the config alone cannot check: the batch split over the processes of this launch."""
+    if dec.batch_size % (dec.grad_accum_steps * processes):
         raise RcdmVizError(
-            f"decoder.batch_size ({dec.batch_size}) and decoder.steps ({dec.steps}) must be >= 1"
-        )
-    if dec.grad_accum_steps < 1 or dec.batch_size % (dec.grad_accum_steps * processes):
-        raise RcdmVizError(
-            f"decoder.grad_accum_steps {dec.grad_accum_steps} must be >= 1 and divide decoder.batch_size "
+            f"decoder.grad_accum_steps {dec.grad_accum_steps} must divide decoder.batch_size "
             f"{dec.batch_size} per process ({processes} processes)"
         )
 
@@ -324,8 +317,7 @@ def prior_batches(cfg: Config, progress: bool) -> Callable[[DecoderStep, int], B
 
         return fresh
     images = load_images(cfg.data, "train", resolution=dec.resolution, progress=progress)
-    if dec.batch_size > len(images):
-        raise RcdmVizError(f"decoder.batch_size {dec.batch_size} exceeds the {len(images)} training images")
+    check_batch_fits(dec.batch_size, len(images))
 
     def epochs(step_fn: DecoderStep, step: int) -> Batch:
         idx = shard(batch_indices(len(images), dec.batch_size, step, dec.seed), step_fn.accelerator)

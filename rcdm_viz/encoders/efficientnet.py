@@ -92,7 +92,7 @@ class EfficientNetEncoder(nn.Module):
         names = self.layer_names if layers is None else [layers] if isinstance(layers, str) else list(layers)
         self._check_names(names)
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise RcdmVizError(
+            raise ValueError(
                 f"encoder input must be float images [N, 3, H, W] in [0, 1], got {tuple(x.shape)} {x.dtype}"
             )
         if len(x) > _CHUNK:  # large batches of 224-px images run several times slower per image on CPU

@@ -43,9 +43,9 @@ def _channel_triple(values: Sequence[float], name: str, positive: bool) -> tuple
     try:
         triple = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise RcdmVizError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}") from None
+        raise ValueError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}") from None
     if len(triple) != 3 or (positive and min(triple) <= 0):
-        raise RcdmVizError(f"{name} must be 3 {'positive ' if positive else ''}numbers, got {values!r}")
+        raise ValueError(f"{name} must be 3 {'positive ' if positive else ''}numbers, got {values!r}")
     return triple  # type: ignore[return-value]
 
 
@@ -76,7 +76,7 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-            raise RcdmVizError(f"resolution must be a positive integer, got {resolution!r}")
+            raise ValueError(f"resolution must be a positive integer, got {resolution!r}")
         self.head_spec = head if isinstance(head, HeadSpec) else parse_head(head)
         self.mean = _channel_triple(mean, "mean", positive=False)
         self.std = _channel_triple(std, "std", positive=True)
@@ -168,7 +168,7 @@ class Encoder(nn.Module):
         """
         names = self._resolve(layers)
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            raise RcdmVizError(
+            raise ValueError(
                 f"encoder input must be float images [N, 3, H, W] in [0, 1], got {tuple(x.shape)} {x.dtype}"
             )
         x = (x - self._mean.to(x.dtype)) / self._std.to(x.dtype)

@@ -163,7 +163,7 @@ class Projector(nn.Module):
         unknown = sorted(wanted - set(names))
         if unknown:
             valid = ", ".join(names)
-            raise RcdmVizError(f"unknown projector layer {unknown[0]!r}; this projector has: {valid}")
+            raise ValueError(f"unknown projector layer {unknown[0]!r}; this projector has: {valid}")
         out: dict[str, Tensor] = {}
         for name, layer in zip(names, self.layers, strict=True):
             if not wanted:

@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1, conv3x3
 
 from rcdm_viz.config import parse_enum
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.layers import STAGES, TRUNK
 
 # Trunk-level layer names, in depth order; each is the pooled output of one torchvision stage.
@@ -52,7 +51,7 @@ _ARCH_SPECS: dict[Arch, _ArchSpec] = {
 
 def _check_positive_int(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RcdmVizError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return value
 
 

@@ -20,7 +20,6 @@ from torch import Tensor
 from rcdm_viz.data.images import fit
 from rcdm_viz.decoder.model import RCDMDecoder
 from rcdm_viz.decoder.schedule import prediction_target
-from rcdm_viz.errors import RcdmVizError
 
 DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 200), (200, 500), (500, 800), (800, 1000))
 
@@ -81,12 +80,12 @@ def conditional_losses(
         raise ValueError(f"conditional losses need images [N >= 2, 3, H, W], got {list(images.shape)}")
     missing = [layer for layer in reps if layer not in decoders]
     if missing:
-        raise RcdmVizError(f"no decoder for layers {missing}")
+        raise ValueError(f"no decoder for layers {missing}")
     for layer, decoder in decoders.items():
         steps = decoder.noise_scheduler().config.num_train_timesteps
         bad = [(lo, hi) for lo, hi in bands if not 0 <= lo < hi <= steps]
         if bad:
-            raise RcdmVizError(f"noise bands must satisfy 0 <= lo < hi <= {steps} ({layer}), got {bad}")
+            raise ValueError(f"noise bands must satisfy 0 <= lo < hi <= {steps} ({layer}), got {bad}")
     # A shared decoder serves several layers: its noised inputs and its null loss (which does not depend on
     # the layer) are computed once.
     per_decoder: dict[int, tuple[_Noised, dict[str, float]]] = {}

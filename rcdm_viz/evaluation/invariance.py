@@ -16,7 +16,6 @@ from torch import Tensor, nn
 from torch.nn.functional import cosine_similarity
 
 from rcdm_viz.data.views import Augmentation, apply_augmentation, parse_augmentation
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import encode_batches
 
 
@@ -50,7 +49,7 @@ def encoder_invariance(
     with a generator seeded by ``seed``.
     """
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] < 2:
-        raise RcdmVizError(f"encoder_invariance needs >= 2 images [N, 3, H, W], got {list(images.shape)}")
+        raise ValueError(f"encoder_invariance needs >= 2 images [N, 3, H, W], got {list(images.shape)}")
     augs = [parse_augmentation(a) for a in (augmentations if augmentations is not None else Augmentation)]
     was_training = encoder.training
     encoder.eval()

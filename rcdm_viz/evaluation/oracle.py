@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from rcdm_viz.config import Config, ScoresConfig
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS, SHAPES
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.probes import factor_targets, r2_score
 from rcdm_viz.progress import tqdm
 from rcdm_viz.runs import RunDir, atomic_write, atomic_write_text
@@ -97,7 +96,7 @@ def train_oracle(
     """Fit the oracle by MSE on the factors plus cross-entropy on the shape (AdamW, one-cycle lr) on
     ``train``; returns it and its validation R² per factor and shape accuracy."""
     if not train.factors or not val.factors:
-        raise RcdmVizError("the factor oracle needs images with known factors (the synthetic scenes)")
+        raise ValueError("the factor oracle needs images with known factors (the synthetic scenes)")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = FactorOracle()

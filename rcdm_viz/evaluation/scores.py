@@ -79,7 +79,7 @@ def make_distance(kind: Distance) -> PairDistance:
             return 1 - structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
 
         return ssim_distance
-    raise RcdmVizError(f"resolve the distance before making it (got {kind.value})")
+    raise ValueError(f"resolve the distance before making it (got {kind.value})")
 
 
 def diversity(samples: Tensor, distance: PairDistance) -> float:

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rcdm_viz.config import Method, SSLConfig, parse_enum
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.ssl import losses
 
 
@@ -88,8 +87,6 @@ def _barlow(e: Embedded, extras: nn.ModuleDict, cfg: SSLConfig) -> tuple[Tensor,
 def _byol_predictor(dim: int, cfg: SSLConfig, num_classes: int) -> nn.ModuleDict:
     """BYOL's predictor q: Linear -> BatchNorm1d -> ReLU -> Linear, back to the embedding dimension."""
     hidden = cfg.byol_predictor_hidden
-    if hidden < 1:
-        raise RcdmVizError(f"ssl.byol_predictor_hidden must be >= 1, got {hidden}")
     mlp = nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, dim))
     return nn.ModuleDict({"predictor": mlp})
 
@@ -104,7 +101,7 @@ def _byol(e: Embedded, extras: nn.ModuleDict, cfg: SSLConfig) -> tuple[Tensor, d
 def _classifier(dim: int, cfg: SSLConfig, num_classes: int) -> nn.ModuleDict:
     """The supervised baseline's linear classifier after the projector (E/N §4 "supervised")."""
     if num_classes < 2:
-        raise RcdmVizError(f"method 'supervised' needs labelled data with >= 2 classes, got {num_classes}")
+        raise ValueError(f"method 'supervised' needs labelled data with >= 2 classes, got {num_classes}")
     return nn.ModuleDict({"classifier": nn.Linear(dim, num_classes)})
 
 

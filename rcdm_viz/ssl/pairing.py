@@ -56,7 +56,7 @@ def nearest_neighbours(
     """
     n = features.shape[0]
     if n < 2:
-        raise RcdmVizError("neighbour positives need at least 2 training images")
+        raise ValueError("neighbour positives need at least 2 training images")
 
     def block(start: int) -> Tensor:
         return F.normalize(features[start : start + chunk].to(device).float(), dim=1)

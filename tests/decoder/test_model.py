@@ -116,20 +116,20 @@ def test_shared_decoder_layer_embedding_distinguishes_layers():
 def test_bad_inputs_name_the_value(tmp_path):
     dec = tiny({"trunk": 8, "head1": 4})
     x, t, reps = inputs()
-    with pytest.raises(RcdmVizError, match=r"'head9'.*\['head1', 'trunk'\]"):
+    with pytest.raises(ValueError, match=r"'head9'.*\['head1', 'trunk'\]"):
         dec(x, t, reps, "head9")
-    with pytest.raises(RcdmVizError, match=r"7.*8|8.*7"):
+    with pytest.raises(ValueError, match=r"7.*8|8.*7"):
         dec(x, t, reps[:, :7], "trunk")
-    with pytest.raises(RcdmVizError, match="uncond"):
+    with pytest.raises(ValueError, match="uncond"):
         dec(x, t, reps, "trunk", uncond=torch.ones(3, dtype=torch.bool))
     missing = tmp_path / "nowhere"
     with pytest.raises(RcdmVizError, match="nowhere"):
         load_decoder(missing)
-    with pytest.raises(RcdmVizError, match="norm_num_groups 12"):
+    with pytest.raises(ValueError, match="norm_num_groups 12"):
         RCDMDecoder({"trunk": 8}, **{**TINY, "norm_num_groups": 12})
-    with pytest.raises(RcdmVizError, match="resolution 18"):
+    with pytest.raises(ValueError, match="resolution 18"):
         RCDMDecoder({"trunk": 8}, **{**TINY, "resolution": 18, "block_out_channels": (32, 32, 32)})
-    with pytest.raises(RcdmVizError, match="'trunk' has dimension 0"):
+    with pytest.raises(ValueError, match="'trunk' has dimension 0"):
         RCDMDecoder({"trunk": 0}, **TINY)
     assert RCDMDecoder({}, **TINY).is_prior  # no layers: the unconditional prior
 

@@ -83,7 +83,7 @@ def test_mixed_batch_routes_each_row_through_its_layers_mlp():
     again = dec(x, t, packed, which)
     keep = which != 2
     assert torch.equal(again[keep], mixed[keep]) and (again[~keep] - mixed[~keep]).abs().max() > 1e-3
-    with pytest.raises(RcdmVizError, match="packed reps"):
+    with pytest.raises(ValueError, match="packed reps"):
         dec(x, t, packed[:, :4], which)
 
 

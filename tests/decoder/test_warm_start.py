@@ -49,7 +49,9 @@ def test_a_warm_start_samples_what_the_prior_samples_at_step_0(tmp_path):
         for layer in dims:
             drawn = sample(warm, reps, n=3, steps=4, seed=7, layer=layer)
             for row in drawn:  # every representation gives the prior's samples until training starts
-                torch.testing.assert_close(row, expected, rtol=0, atol=1e-5)
+                # 1e-4: two float paths to the same embedding, summed in a CPU-dependent order (AVX2 vs
+                # AVX512 kernels differ by 2e-5 here); a cold start differs by > 1e-2 (below)
+                torch.testing.assert_close(row, expected, rtol=0, atol=1e-4)
     # from scratch, the conditioning starts at zero rather than at the null embedding: different samples
     cold = RCDMDecoder.from_decoder_config(_dec_cfg(), {"trunk": 5}, "enc").eval()
     assert (sample(cold, reps[:1], n=3, steps=4, seed=7)[0] - expected).abs().max() > 1e-2

@@ -68,5 +68,5 @@ def test_other_image_similarity_matches_the_pairwise_mean():
 def test_bad_inputs():
     with pytest.raises(RcdmVizError, match="zoom"):
         encoder_invariance(Pixels(), _images(), ["zoom"])
-    with pytest.raises(RcdmVizError, match=">= 2 images"):
+    with pytest.raises(ValueError, match=">= 2 images"):
         encoder_invariance(Pixels(), _images(1), None)

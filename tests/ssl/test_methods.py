@@ -130,7 +130,7 @@ def test_supervised_loss_is_cross_entropy_of_both_views():
     assert torch.allclose(loss, want, atol=1e-6)
     both, labels = torch.cat([z1, z2]), torch.cat([y, y])
     assert logs["train_accuracy"] == float(((both @ w.T + b).argmax(1) == labels).float().mean())
-    with pytest.raises(RcdmVizError, match="classes"):
+    with pytest.raises(ValueError, match="classes"):
         spec.extras(6, SSLConfig(), 1)
 
 

@@ -24,7 +24,7 @@ def test_class_partners_are_other_images_of_the_same_class():
 def test_nearest_neighbours_exclude_the_image_itself():
     feats = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 1.0], [-1.0, 0.0]])
     assert nearest_neighbours(feats, chunk=2).tolist() == [1, 0, 3, 2, 2]
-    with pytest.raises(RcdmVizError, match="at least 2"):
+    with pytest.raises(ValueError, match="at least 2"):
         nearest_neighbours(feats[:1])
 
 
