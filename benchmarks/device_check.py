@@ -32,7 +32,7 @@ from rcdm_viz.config import Config, load_config
 from rcdm_viz.data.views import two_views
 from rcdm_viz.decoder.train import draw_layers, make_decoder_step, pack_reps, train_decoder
 from rcdm_viz.encoders import Encoder
-from rcdm_viz.runs import ALL_LAYERS, RunDir, read_json, read_metrics
+from rcdm_viz.runs import ALL_LAYERS, RunDir, read_json, read_steps
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.seeding import generator_for
 from rcdm_viz.ssl.train import build_ssl_step
@@ -231,7 +231,7 @@ def short_training(tiny: bool, run: RunDir, budget_s: float) -> dict:
     calibration = 2 if tiny else 30
     start = time.perf_counter()
     train_decoder(training_config(tiny, calibration), run, ALL_LAYERS, progress=False)  # also fills the cache
-    rates = sorted(r["images_per_s"] for r in read_metrics(run.decoder(ALL_LAYERS) / "metrics.jsonl"))
+    rates = sorted(r.images_per_s for r in read_steps(run.decoder(ALL_LAYERS) / "metrics.jsonl"))
     rate = rates[len(rates) // 2]
     steps = 4 if tiny else max(10, int(budget_s * rate / cfg.decoder.batch_size))
     cfg = training_config(tiny, steps)

@@ -18,9 +18,10 @@ from rcdm_viz.encoders import load_encoder
 from rcdm_viz.encoders.zoo import SOURCE_FILE
 from rcdm_viz.evaluation.gather import decoder_scores
 from rcdm_viz.evaluation.probe_run import format_table, probe_run
+from rcdm_viz.evaluation.probes import LINEAR, MLP
 from rcdm_viz.evaluation.report import report_run
-from rcdm_viz.records import DECODER_METRICS, LINEAR, MLP, ProbeRow
-from rcdm_viz.runs import ALL_LAYERS, ALL_SECTIONS, RunDir, read_json, read_metrics, record_config
+from rcdm_viz.records import DECODER_METRICS, ProbeRow
+from rcdm_viz.runs import ALL_LAYERS, ALL_SECTIONS, RunDir, read_json, read_steps, record_config
 from rcdm_viz.sample_run import sample_heldout
 from rcdm_viz.ssl.train import train_encoder
 
@@ -123,7 +124,7 @@ def retention_lines(run: RunDir, factors: tuple[str, ...], layers: list[str]) ->
 def machine_speed(run: RunDir, decoder: str) -> str:
     """This machine's training throughput, to compare stage times across machines (docs/RESULTS.md)."""
     def rate(path) -> str:
-        rates = sorted(r["images_per_s"] for r in read_metrics(path) if "images_per_s" in r)
+        rates = sorted(r.images_per_s for r in read_steps(path))
         return f"{rates[len(rates) // 2]:.0f} img/s" if rates else "n/a"
 
     return (f"machine speed: encoder {rate(run.encoder_metrics)} (SSL views), "

@@ -8,6 +8,7 @@ field; the readers that face user files (the browser) turn it into a one-line no
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,47 +117,50 @@ class Metric:
     short: str
     label: str
 
+    def to_json(self) -> list[str]:
+        return [self.key, self.short, self.label]
 
-LINEAR = Metric("linear_acc", "linear", "linear")
-MLP = Metric("mlp_acc", "mlp", "MLP")
-KNN = Metric("knn_acc", "knn", "kNN (k=20)")
-BINARY = Metric("binary_acc", "binary", "linear, binarized")
-PROBE_ACCURACIES = (LINEAR, MLP, KNN, BINARY)  # the probes' accuracies, in the order tables show them
+    @classmethod
+    def from_json(cls, obj: Any) -> Metric:
+        if not (isinstance(obj, list) and len(obj) == 3 and all(isinstance(v, str) for v in obj)):
+            raise ValueError(f"a metric is [key, short name, label], got {str(obj)[:80]}")
+        return cls(*obj)
+
+
 FACTOR_R2 = "factor_r2"
+_ACCURACY_SUFFIX = "_acc"  # probes.json files written before "metrics" existed: their accuracies' keys end so
 
 
 @dataclass(frozen=True)
 class ProbeRow:
-    """One layer's probes (``evaluation.probes.probe_layer``): accuracies in [0, 1] on the validation split,
-    sparsity, RankMe, and on synthetic scenes the factor R² with the ridge penalty chosen per factor."""
+    """One layer's probes (``evaluation.probes.probe_layer``): each probe's accuracy in [0, 1] on the
+    validation split by its metric key (None: that probe was skipped), sparsity, RankMe, and on synthetic
+    scenes the factor R² with the ridge penalty chosen per factor."""
 
     dim: int
-    linear_acc: float
-    knn_acc: float
-    binary_acc: float
+    accuracies: dict[str, float | None]
     sparsity: float
     rankme: float
-    mlp_acc: float | None = None
     factor_r2: dict[str, float] | None = None
     factor_ridge: dict[str, float] | None = None
 
     def accuracy(self, metric: Metric) -> float | None:
-        return getattr(self, metric.key)
+        return self.accuracies.get(metric.key)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        fields = {"dim": self.dim, **self.accuracies, "sparsity": self.sparsity, "rankme": self.rankme,
+                  FACTOR_R2: self.factor_r2, "factor_ridge": self.factor_ridge}
+        return {k: v for k, v in fields.items() if v is not None}
 
     @classmethod
     def from_json(cls, obj: Any) -> ProbeRow:
         if not isinstance(obj, dict):
             raise ValueError(f"a probe row is a {type(obj).__name__}, not a mapping")
-        numbers = {f.name: _field(obj, f.name, _NUMBER, None) for f in dataclasses.fields(cls)
-                   if f.name not in ("dim", FACTOR_R2, "factor_ridge")}
-        for key in ("linear_acc", "knn_acc", "binary_acc", "sparsity", "rankme"):
-            if numbers[key] is None:
-                raise ValueError(f"field '{key}' is missing")
-        return cls(dim=_field(obj, "dim", int), **numbers, factor_r2=_numbers(obj, FACTOR_R2),
-                   factor_ridge=_numbers(obj, "factor_ridge"))
+        named = {"dim", "sparsity", "rankme", FACTOR_R2, "factor_ridge"}
+        accuracies = {str(k): _field(obj, k, _NUMBER) for k in obj if k not in named}
+        return cls(dim=_field(obj, "dim", int), accuracies=accuracies,
+                   sparsity=_field(obj, "sparsity", _NUMBER), rankme=_field(obj, "rankme", _NUMBER),
+                   factor_r2=_numbers(obj, FACTOR_R2), factor_ridge=_numbers(obj, "factor_ridge"))
 
 
 def _numbers(obj: dict[str, Any], key: str) -> dict[str, float] | None:
@@ -166,12 +170,22 @@ def _numbers(obj: dict[str, Any], key: str) -> dict[str, float] | None:
     return values
 
 
+def legacy_metrics(keys: Iterable[str]) -> tuple[Metric, ...]:
+    """The probe accuracies among ``keys`` (a row's keys) where no list of metrics was written (files from
+    before probes.json named them): every key ending in _acc, named by the rest of the key."""
+    names = dict.fromkeys(k for k in keys if k.endswith(_ACCURACY_SUFFIX))
+    return tuple(Metric(k, k.removesuffix(_ACCURACY_SUFFIX), k.removesuffix(_ACCURACY_SUFFIX)) for k in names)
+
+
 @dataclass(frozen=True)
 class ProbeReport:
-    """``encoder/probes.json``: every layer's probes, the encoder's invariance per augmentation, the chance
-    accuracy, the split sizes, the encoder's fingerprint and width, and the probe config."""
+    """``encoder/probes.json``: every layer's probes, the probes' metrics (key, column name, label; in
+    table order: the file describes its own columns, so a reader without the probes' code shows them all),
+    the encoder's invariance per augmentation, the chance accuracy, the split sizes, the encoder's
+    fingerprint and width, and the probe config."""
 
     layers: dict[str, ProbeRow]
+    metrics: tuple[Metric, ...]
     invariance: dict[str, dict[str, float]]
     chance: float
     n_train: int
@@ -184,17 +198,21 @@ class ProbeReport:
     FORMAT = 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": self.FORMAT, **dataclasses.asdict(self), "layers": _rows_json(self.layers)}
+        return {"format": self.FORMAT, **dataclasses.asdict(self), "layers": _rows_json(self.layers),
+                "metrics": [m.to_json() for m in self.metrics]}
 
     @classmethod
     def from_json(cls, obj: Any) -> ProbeReport:
         obj = _checked_file(obj, "probes.json", cls.FORMAT)
-        layers = _field(obj, "layers", dict)
+        layers = {str(name): ProbeRow.from_json(row) for name, row in _field(obj, "layers", dict).items()}
+        metrics = _field(obj, "metrics", list, None)
         invariance = _field(obj, "invariance", dict, {})
         if not all(isinstance(v, dict) for v in invariance.values()):
             raise ValueError("field 'invariance' must map layers to scores")
         return cls(
-            layers={str(name): ProbeRow.from_json(row) for name, row in layers.items()},
+            layers=layers,
+            metrics=(legacy_metrics(k for row in layers.values() for k in row.accuracies) if metrics is None
+                     else tuple(Metric.from_json(m) for m in metrics)),
             invariance=invariance,
             chance=float(_field(obj, "chance", _NUMBER)),
             n_train=_field(obj, "n_train", int), n_val=_field(obj, "n_val", int),
@@ -274,3 +292,64 @@ class ImageScores:
             oracle_val_r2=_numbers(obj, "oracle_val_r2"),
             oracle_val_shape_accuracy=_field(obj, "oracle_val_shape_accuracy", _NUMBER, None),
         )
+
+
+# ------------------------------------------------------------------------------ <bundle>/metrics.jsonl
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepRecord:
+    """A line of a training's ``metrics.jsonl`` (every ``log_every`` steps): the step, the loss (the mean
+    over the steps since the last record for a decoder, the last step's for an encoder), the learning
+    rate, the throughput and the processes it was measured on; an encoder's records add the epoch and the
+    loss's terms (VICReg's invariance, variance, covariance, ...). Other lines (a warm start's source at
+    step 0) are not step records."""
+
+    step: int
+    loss: float
+    lr: float
+    images_per_s: float
+    processes: int
+    epoch: float | None = None
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        epoch = {} if self.epoch is None else {"epoch": self.epoch}
+        return {"step": self.step, **epoch, "lr": self.lr, "images_per_s": self.images_per_s,
+                "processes": self.processes, "loss": self.loss, **self.terms}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> StepRecord:
+        if not isinstance(obj, dict):
+            raise ValueError(f"a metrics line is a {type(obj).__name__}, not a mapping")
+        named = {f.name for f in dataclasses.fields(cls)} - {"terms"}
+        epoch = _field(obj, "epoch", _NUMBER, None)
+        return cls(step=_field(obj, "step", int), loss=float(_field(obj, "loss", _NUMBER)),
+                   lr=float(_field(obj, "lr", _NUMBER)),
+                   images_per_s=float(_field(obj, "images_per_s", _NUMBER)),
+                   processes=_field(obj, "processes", int), epoch=None if epoch is None else float(epoch),
+                   terms={str(k): float(_field(obj, k, _NUMBER)) for k in obj if k not in named})
+
+
+# ---------------------------------------------------------------------------- oracle/<res>px/config.json
+
+
+@dataclass(frozen=True)
+class OracleRecord:
+    """``oracle/<res>px/config.json``, beside the factor oracle's weights: the settings it was trained with
+    (the cache key: a run whose settings differ trains a new one) and its validation R² per factor and
+    shape accuracy."""
+
+    key: dict[str, Any]
+    val_r2: dict[str, float]
+    val_shape_accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> OracleRecord:
+        if not isinstance(obj, dict):
+            raise ValueError(f"the oracle's config.json holds a {type(obj).__name__}, not a mapping")
+        return cls(key=_field(obj, "key", dict), val_r2=_numbers(obj, "val_r2") or {},
+                   val_shape_accuracy=float(_field(obj, "val_shape_accuracy", _NUMBER)))

@@ -28,7 +28,7 @@ import yaml
 
 from rcdm_viz.config import Config, read_config_file, to_dict
 from rcdm_viz.errors import RcdmVizError
-from rcdm_viz.records import ProbeReport
+from rcdm_viz.records import ProbeReport, StepRecord
 
 ALL_SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 ALL_LAYERS = "all"  # `--layer all`: the shared decoder of every layer, saved in decoders/all/
@@ -430,6 +430,18 @@ class MetricsLog:
             return
         kept = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= step]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+
+def read_steps(path: Path) -> list[StepRecord]:
+    """The step records of a metrics.jsonl file (``records.StepRecord``), in order; other lines (a warm
+    start's source, a torn or foreign line) are left out."""
+    steps = []
+    for record in read_metrics(path):
+        try:
+            steps.append(StepRecord.from_json(record))
+        except ValueError:
+            continue
+    return steps
 
 
 def _record(line: str) -> dict[str, Any] | None:

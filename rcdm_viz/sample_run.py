@@ -21,6 +21,7 @@ from rcdm_viz.decoder.sampling import sample
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.gather import decoder_scores
+from rcdm_viz.evaluation.probes import LINEAR
 from rcdm_viz.evaluation.scores import build_gallery, score_image
 from rcdm_viz.records import CONSISTENCY, SHAPE_KEPT, ImageScores, LayerScores, SampleMeta
 from rcdm_viz.runs import RunDir, atomic_write_bytes, fill_and_replace_dir, sweep_temp, write_json
@@ -73,7 +74,8 @@ def layer_notes(
     notes: dict[str, list[str]] = {}
     report = run.read_probes()
     for name, row in (report.layers if report is not None else {}).items():
-        notes.setdefault(name, []).append(f"acc {100 * row.linear_acc:.0f}%")
+        if (linear := row.accuracy(LINEAR)) is not None:
+            notes.setdefault(name, []).append(f"acc {100 * linear:.0f}%")
     per_layer = decoder_scores(run)[0] if scores is None else scores
     for name, row in per_layer.items():
         kept = row.factor_retention or {}

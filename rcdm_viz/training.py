@@ -28,6 +28,7 @@ from accelerate import Accelerator, PartialState
 from rcdm_viz.config import DecoderConfig, Precision, SSLConfig, flatten
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.progress import tqdm
+from rcdm_viz.records import StepRecord
 from rcdm_viz.runs import MetricsLog, RunDir, atomic_write_text, writing
 from rcdm_viz.seeding import generator_for
 
@@ -254,7 +255,7 @@ class LoopSettings:
 
 StepFn = Callable[[int], dict[str, float]]  # step s -> its logs (with "loss")
 # (step, logs since the last record, images/s) -> the metrics record
-RecordFn = Callable[[int, list[dict[str, float]], float], dict]
+RecordFn = Callable[[int, list[dict[str, float]], float], StepRecord]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,8 +305,8 @@ class Trainer:
 
         ``step(s)`` runs optimisation step s and returns its logs (with "loss"); a non-finite loss is a
         one-line error. Every ``log_every`` steps (and at the last) ``record(s + 1, logs since the last
-        record, images/s)`` gives the metrics record to append (it must hold "loss", shown on the progress
-        bar, main process only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller
+        record, images/s)`` gives the metrics record to append (its loss is shown on the progress bar, main
+        process only). Checkpoints every ``checkpoint_every`` steps (not at the last: the caller
         saves the result), each pending until the next step has measured its state's loss: a non-finite
         loss, or one over ``DIVERGED_FACTOR`` times the first, deletes it, so ``--resume`` never continues a
         diverged state. ``after_step(s + 1)`` runs last; when it returns True (time spent outside training,
@@ -335,8 +336,8 @@ class Trainer:
             if (s + 1) % settings.log_every == 0 or s + 1 == steps:
                 rate = seen / (time.perf_counter() - tick)
                 entry = record(s + 1, window, rate)
-                self.log.log(**entry)
-                bar.set_postfix(loss=f"{entry['loss']:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
+                self.log.log(**entry.to_json())
+                bar.set_postfix(loss=f"{entry.loss:.{settings.loss_digits}f}", img_s=f"{rate:.0f}")
                 tick, seen, window = time.perf_counter(), 0, []
             if (s + 1) % settings.checkpoint_every == 0 and s + 1 < steps:
                 pending = save_checkpoint(acc, self.checkpoints, s + 1, settings.identity)

@@ -56,7 +56,8 @@ def _user_error_raises(path: Path) -> dict[str, list[int]]:
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 walk(child, [*scope, child.name])
                 continue
-            if isinstance(child, ast.Raise) and child.exc is not None and "RcdmVizError" in ast.unparse(child.exc):
+            exc = child.exc if isinstance(child, ast.Raise) else None
+            if exc is not None and "RcdmVizError" in ast.unparse(exc):
                 found.setdefault(".".join(scope), []).append(child.lineno)
             walk(child, scope)
 

@@ -43,24 +43,31 @@ def _probe_report_json() -> dict:
 
 
 def test_a_probe_report_written_by_the_landed_version_reads_and_round_trips():
-    from rcdm_viz.records import LINEAR, MLP, ProbeReport
+    from rcdm_viz.evaluation.probes import LINEAR, MLP, PROBES
+    from rcdm_viz.records import ProbeReport
 
     old = _probe_report_json()
     del old["layers"]["head1"]["factor_r2"]
     report = ProbeReport.from_json(old)
     assert report.layers["trunk"].accuracy(LINEAR) == 0.5 and report.layers["trunk"].accuracy(MLP) == 0.6
     assert report.layers["head1"].factor_r2 is None
+    # a file without its metrics: the accuracies are the keys ending in _acc, in the file's order
+    assert [m.key for m in report.metrics] == ["linear_acc", "mlp_acc", "knn_acc", "binary_acc"]
+    assert {m.key for m in report.metrics} == {p.metric.key for p in PROBES}
     written = report.to_json()
     assert written["format"] == 1 and ProbeReport.from_json(written) == report
-    assert {k: v for k, v in written.items() if k != "format"} == old  # the same file, plus its format
+    assert written["metrics"][0] == ["linear_acc", "linear", "linear"]
+    # the same file, plus its format and its metrics
+    assert {k: v for k, v in written.items() if k not in ("format", "metrics")} == old
 
 
 @pytest.mark.parametrize(("damage", "named"), [
     (lambda d: d["layers"]["trunk"].update(linear_acc="high"), "'linear_acc'"),
-    (lambda d: d["layers"]["trunk"].pop("knn_acc"), "'knn_acc'"),
+    (lambda d: d["layers"]["trunk"].pop("sparsity"), "'sparsity'"),
     (lambda d: d["layers"]["trunk"].update(factor_r2={"a": "x"}), "'factor_r2'"),
     (lambda d: d.update(layers=[1]), "'layers'"),
     (lambda d: d.update(format=3), "format"),
+    (lambda d: d.update(metrics=[["linear_acc", "linear"]]), "metric"),
 ])
 def test_a_damaged_probe_report_names_the_field(damage, named):
     from rcdm_viz.records import ProbeReport
@@ -88,23 +95,45 @@ def test_image_scores_round_trip_and_refuse_a_wrong_type():
         ImageScores.from_json(written)
 
 
-def test_every_record_key_is_spelled_in_records_only():
+def test_every_record_key_is_spelled_in_one_module():
     """The keys of the run's files appear as string literals in rcdm_viz/records.py and nowhere else in the
-    package: adding a metric is one change in one module."""
+    package, but for the probe accuracies, which live with their probes in rcdm_viz/evaluation/probes.py:
+    adding a metric is one change in one module."""
     import ast
     from pathlib import Path
 
     import rcdm_viz
     from rcdm_viz import records
+    from rcdm_viz.evaluation import probes
 
-    keys = {m.key for m in (*records.PROBE_ACCURACIES, *records.DECODER_METRICS, records.RETENTION_MEAN)}
+    keys = {m.key for m in (*records.DECODER_METRICS, records.RETENTION_MEAN)}
     keys |= {records.FACTOR_R2, records.FACTOR_RETENTION, "oracle_val_r2", "oracle_val_shape_accuracy"}
+    home = dict.fromkeys(keys, "records.py") | {p.metric.key: "evaluation/probes.py" for p in probes.PROBES}
     package = Path(rcdm_viz.__file__).parent
     found = []
     for path in package.rglob("*.py"):
-        if path.name == "records.py":
-            continue
+        module = path.relative_to(package).as_posix()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Constant) and node.value in keys:
-                found.append(f"{path.relative_to(package)}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Constant) and node.value in home and home[node.value] != module:
+                found.append(f"{module}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_step_records_round_trip_and_read_steps_skips_other_lines(tmp_path):
+    from rcdm_viz.records import StepRecord
+    from rcdm_viz.runs import MetricsLog, read_steps
+
+    ssl = StepRecord(step=8, epoch=0.25, lr=0.3, images_per_s=950.0, processes=1, loss=5.5,
+                     terms={"invariance": 1.0})
+    written = ssl.to_json()
+    assert list(written) == ["step", "epoch", "lr", "images_per_s", "processes", "loss", "invariance"]
+    assert StepRecord.from_json(written) == ssl
+    decoder_line = {"step": 25, "loss": 0.2, "lr": 1e-3, "images_per_s": 110.0, "processes": 2}  # landed
+    assert StepRecord.from_json(decoder_line).epoch is None
+    with pytest.raises(ValueError, match="'loss'"):
+        StepRecord.from_json({**decoder_line, "loss": "low"})
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.log(step=0, warm_start={"source": "scene-prior"})  # a decoder's first line: not a step
+    log.log(**written)
+    log.log(**decoder_line)
+    assert [r.step for r in read_steps(log.path)] == [8, 25]

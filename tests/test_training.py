@@ -13,6 +13,7 @@ import torch
 
 import rcdm_viz
 from rcdm_viz.errors import RcdmVizError
+from rcdm_viz.records import StepRecord
 from rcdm_viz.runs import MetricsLog, read_metrics
 from rcdm_viz.seeding import derive_seed, generator_for, sample_seed
 from rcdm_viz.training import (
@@ -67,6 +68,10 @@ def _settings(**changes) -> LoopSettings:
     return LoopSettings(**{**base, **changes})
 
 
+def _step(step: int, loss: float) -> StepRecord:
+    return StepRecord(step=step, loss=loss, lr=0.1, images_per_s=1.0, processes=1)
+
+
 def _trainer(acc, root: Path, steps: int, **changes) -> Trainer:
     log = MetricsLog(root / "metrics.jsonl")
     return Trainer(accelerator=acc, settings=_settings(**changes), steps=steps, checkpoints=root, log=log,
@@ -80,7 +85,7 @@ def test_the_loop_records_every_log_every_steps_and_at_the_last(tmp_path):
     def record(step, window, rate):
         windows.append((step, [w["loss"] for w in window]))
         assert rate > 0
-        return {"step": step, "loss": window[-1]["loss"]}
+        return _step(step, window[-1]["loss"])
 
     trainer.run(start=2, step=lambda s: {"loss": float(s)}, record=record,
                 after_step=lambda s: after.append(s) or False)
@@ -94,7 +99,7 @@ def test_the_loop_stops_at_a_non_finite_loss_naming_the_setting_to_lower(tmp_pat
     want = r"^test loss became nan at step 1; lower test.lr \(no checkpoint to resume from: train afresh\)$"
     with pytest.raises(RcdmVizError, match=want):
         trainer.run(start=0, step=lambda s: {"loss": math.nan if s == 1 else 1.0},
-                    record=lambda s, w, r: {"loss": 0.0})
+                    record=lambda s, w, r: _step(s, 0.0))
 
 
 def _fake_accelerator(saved: list[str]) -> SimpleNamespace:
@@ -113,7 +118,7 @@ def test_only_states_with_a_healthy_loss_become_checkpoints(tmp_path):
     settings = dict(checkpoint_every=1, keep_checkpoints=5, identity={"a": 1})
     trainer = _trainer(_fake_accelerator([]), tmp_path, 8, **settings)
     with pytest.raises(RcdmVizError, match="--resume continues from step 2"):
-        trainer.run(start=0, step=lambda s: {"loss": losses[s]}, record=lambda s, w, r: {"loss": 0.0})
+        trainer.run(start=0, step=lambda s: {"loss": losses[s]}, record=lambda s, w, r: _step(s, 0.0))
     assert [p.name for p in checkpoint_dirs(tmp_path)] == [f"step-{s:09d}" for s in (1, 2)]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
@@ -201,7 +206,7 @@ def test_the_trainer_and_its_settings_take_keywords_only(tmp_path):
     with pytest.raises(TypeError):
         trainer.begin(False)
     with pytest.raises(TypeError):
-        trainer.run(0, lambda s: {"loss": 1.0}, lambda s, w, r: {"loss": 1.0})
+        trainer.run(0, lambda s: {"loss": 1.0}, lambda s, w, r: _step(s, 1.0))
 
 
 def _positional(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[str]:

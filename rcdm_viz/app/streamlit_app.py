@@ -23,7 +23,6 @@ from rcdm_viz import browse
 from rcdm_viz.config import SamplerName
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.layers import STAGES
-from rcdm_viz.records import LINEAR
 
 VIEWS = ("Run", "Grids", "Layers", "Compare", "Live sample")
 # Probed layers before the trunk (docs/DESIGN.md, "Definitions").
@@ -240,8 +239,8 @@ def view_layers(summary: browse.RunSummary) -> None:
         st.dataframe(frame, width="stretch")
         numeric = [c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c]) and c != "dim"]
         if numeric:
-            first = numeric.index(LINEAR.key) if LINEAR.key in numeric else 0
-            column = st.selectbox("Plot per layer (shallow to deep)", numeric, index=first, key="layer-plot")
+            # the first probe accuracy probes.json names (the linear probe) when there is one
+            column = st.selectbox("Plot per layer (shallow to deep)", numeric, index=0, key="layer-plot")
             st.bar_chart(frame[column].dropna(), height=220, sort=False, y_label=column)
     else:
         st.info("Nothing measured for this run yet.")

@@ -34,6 +34,7 @@ from rcdm_viz.decoder.warm_start import InitSource, build_warm_decoder, resolve_
 from rcdm_viz.encoders import Encoder, load_encoder
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import cached_features
+from rcdm_viz.records import StepRecord
 from rcdm_viz.runs import (
     ALL_LAYERS,
     PRIOR_LAYER,
@@ -104,7 +105,7 @@ def pack_reps(feats: list[Tensor], idx: Tensor, layer_index: Tensor, width: int)
     return out
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DecoderStep:
     """One optimisation step of the decoder (objects prepared by accelerate).
 
@@ -199,7 +200,8 @@ def make_decoder_step(
     ema.to(accelerator.device)
     accelerator.register_for_checkpointing(ema)
     noise = decoder.noise_scheduler()
-    return DecoderStep(accelerator, model, optimizer, lr_scheduler, noise, ema, decoder.layers, dec)
+    return DecoderStep(accelerator=accelerator, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                       noise_scheduler=noise, ema=ema, layers=decoder.layers, cfg=dec)
 
 
 def _check_decoder_config(dec: DecoderConfig, processes: int) -> None:
@@ -396,11 +398,11 @@ def training_batch(
 def _record(step_fn: DecoderStep) -> RecordFn:
     """The metrics record of a decoder training: step, mean loss since the last record, lr, throughput."""
 
-    def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
+    def record(step: int, window: list[dict[str, float]], rate: float) -> StepRecord:
         mean = sum(w["loss"] for w in window) / len(window)
         lr = step_fn.lr_scheduler.get_last_lr()[0]
         processes = step_fn.accelerator.num_processes  # what the throughput was measured on
-        return {"step": step, "loss": mean, "lr": lr, "images_per_s": rate, "processes": processes}
+        return StepRecord(step=step, loss=mean, lr=lr, images_per_s=rate, processes=processes)
 
     return record
 

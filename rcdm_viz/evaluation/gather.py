@@ -19,12 +19,12 @@ from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.layers import TRUNK, is_head
 from rcdm_viz.records import (
     DECODER_METRICS,
-    LINEAR,
     N_IMAGES,
-    PROBE_ACCURACIES,
     RETENTION_MEAN,
     ImageScores,
     LayerScores,
+    Metric,
+    legacy_metrics,
 )
 from rcdm_viz.runs import RunDir, atomic_write_text, read_json
 
@@ -99,6 +99,7 @@ def gather_run(run: RunDir) -> dict:
         "head": encoder_cfg.get("head"),
         "method": (config.get("ssl") or {}).get("method"),
         "chance": probes.chance if probes else None,
+        "probe_metrics": [m.to_json() for m in probes.metrics] if probes else [],
         "distance": info["distance"],
         "scored_images": info["images"],
         "layers": layers,
@@ -137,6 +138,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------- across runs
 
 
+def probe_metrics(summaries: Sequence[dict]) -> list[Metric]:
+    """The probe accuracies the runs' probes.json files name, in their order (the first run's first); a
+    summary written before they were named: its rows' accuracy keys."""
+    found: list[Metric] = []
+    for s in summaries:
+        if "probe_metrics" in s:
+            found += [Metric.from_json(m) for m in s["probe_metrics"]]
+        else:
+            found += legacy_metrics(k for row in s["layers"].values() for k in row)
+    return list(dict.fromkeys(found))
+
+
 def run_label(summary: dict) -> str:
     return Path(summary["run"]).name
 
@@ -144,7 +157,7 @@ def run_label(summary: dict) -> str:
 def by_width(summaries: list[dict]) -> list[dict]:
     """The width series among the runs, sorted by width: runs with probes and a width, of the (method, head)
     that spans the most widths, so that other experiments at one width (e.g. positives) are not joined in."""
-    runs = [s for s in summaries if s.get("width") and any(LINEAR.key in r for r in s["layers"].values())]
+    runs = [s for s in summaries if s.get("width") and probe_metrics([s])]
     if not runs:
         return []
     series: dict[tuple, list[dict]] = {}
@@ -189,18 +202,19 @@ def distinct_widths(runs: list[dict]) -> int:
 
 def markdown_table(summaries: list[dict], layers: Sequence[str] = (TRUNK, "head")) -> str:
     """A Markdown table, one row per run x layer ("head" = the run's last projector layer), of the probes."""
-    cols = [m.key for m in PROBE_ACCURACIES]
+    metrics = probe_metrics(summaries)
     lines = [
-        "| run | D | layer | linear | MLP | kNN | binarized | sparsity | RankMe | factor R² (mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| run | D | layer | " + " | ".join(m.label for m in metrics)
+        + " | sparsity | RankMe | factor R² (mean) |",
+        "|---|---|---|" + "---|" * len(metrics) + "---|---|---|",
     ]
     for s in summaries:
         for wanted in layers:
             layer = head_layer(s) if wanted == "head" else wanted
             row = s["layers"].get(layer or "", {})
-            if LINEAR.key not in row:
+            if not any(m.key in row for m in metrics):
                 continue
-            accs = " | ".join(f"{100 * row[c]:.1f}%" if c in row else "-" for c in cols)
+            accs = " | ".join(f"{100 * row[m.key]:.1f}%" if m.key in row else "-" for m in metrics)
             r2 = f"{row['factor_r2_mean']:.3f}" if "factor_r2_mean" in row else "-"
             stats = f"{100 * row['sparsity']:.1f}% | {row['rankme']:.1f} | {r2}"
             lines.append(f"| {run_label(s)} | {s['width']} | {layer} | {accs} | {stats} |")

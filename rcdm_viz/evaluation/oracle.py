@@ -22,6 +22,7 @@ from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES, FACTORS, SHAPES
 from rcdm_viz.evaluation.probes import factor_targets, r2_score
 from rcdm_viz.progress import tqdm
+from rcdm_viz.records import OracleRecord
 from rcdm_viz.runs import RunDir, atomic_write, atomic_write_text
 
 _FORMAT = "rcdm_viz.oracle/2"  # 2: the shape head
@@ -143,21 +144,29 @@ def load_or_train_oracle(
     root = Path(run.root) / "oracle" / f"{resolution}px"
     key = _key(cfg, resolution)
     config_path, weights = root / "config.json", root / "model.safetensors"
-    if config_path.is_file() and weights.is_file():
-        saved = json.loads(config_path.read_text())
-        if saved.get("key") == key:
-            model = FactorOracle()
-            model.load_state_dict(load_file(weights))
-            return model.eval(), OracleQuality(saved["val_r2"], saved["val_shape_accuracy"])
+    saved = _saved_record(config_path) if weights.is_file() else None
+    if saved is not None and saved.key == key:
+        model = FactorOracle()
+        model.load_state_dict(load_file(weights))
+        return model.eval(), OracleQuality(saved.val_r2, saved.val_shape_accuracy)
     n_train, n_val = cfg.scores.oracle_n_train, min(cfg.data.n_val, 1024)
     train = load_images(cfg.data, "train", n=n_train, resolution=resolution, progress=progress)
     val = load_images(cfg.data, "val", n=n_val, resolution=resolution, progress=progress)
     model, quality = train_oracle(train, val, cfg.scores, seed=cfg.data.seed, progress=progress)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
-    record = {"key": key, "val_r2": quality.r2, "val_shape_accuracy": quality.shape_accuracy}
-    atomic_write_text(config_path, json.dumps(record, indent=2) + "\n")
+    record = OracleRecord(key=key, val_r2=quality.r2, val_shape_accuracy=quality.shape_accuracy)
+    atomic_write_text(config_path, json.dumps(record.to_json(), indent=2) + "\n")
     return model.eval(), quality
+
+
+def _saved_record(path: Path) -> OracleRecord | None:
+    """The cached oracle's record; None when there is none or it cannot be read (the oracle is retrained:
+    it is a cache, made again from the run's settings)."""
+    try:
+        return OracleRecord.from_json(json.loads(path.read_text()))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
 
 
 def factor_error(pred: Tensor, target: Tensor) -> Tensor:

@@ -16,20 +16,20 @@ from rcdm_viz.config import Config, to_dict
 from rcdm_viz.data.sources import ImageSet, load_images
 from rcdm_viz.data.synthetic import CIRCULAR, FACTOR_RANGES
 from rcdm_viz.encoders import load_encoder
+from rcdm_viz.evaluation import probes
 from rcdm_viz.evaluation.invariance import encoder_invariance
-from rcdm_viz.evaluation.probes import factor_targets, probe_layers
 from rcdm_viz.features import FeatureTable, cached_features
-from rcdm_viz.records import PROBE_ACCURACIES, ProbeReport
+from rcdm_viz.records import ProbeReport
 from rcdm_viz.runs import RunDir, write_json
 
 
 def format_table(report: ProbeReport) -> str:
     """A plain-text table of per-layer probe results (accuracies in %, factor R² averaged)."""
-    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{m.short:>7}" for m in PROBE_ACCURACIES)
+    lines = [f"{'layer':<8} {'dim':>6} " + " ".join(f"{m.short:>7}" for m in report.metrics)
              + f" {'sparsity':>8} {'rankme':>7} {'factor R2':>9}"]
     for name, row in report.layers.items():
         accs = " ".join(f"{'-':>7}" if (acc := row.accuracy(m)) is None else f"{100 * acc:>6.1f}%"
-                        for m in PROBE_ACCURACIES)
+                        for m in report.metrics)
         r2 = row.factor_r2
         r2_text = f"{sum(r2.values()) / len(r2):>9.3f}" if r2 else f"{'-':>9}"
         lines.append(f"{name:<8} {row.dim:>6} {accs} {row.sparsity:>8.3f} {row.rankme:>7.1f} {r2_text}")
@@ -78,9 +78,9 @@ def probe_run(
         feats[split] = _Loaded(cached)
     train_t = val_t = None
     if (info := _factor_info(train)) is not None and val.factors is not None:
-        train_t = factor_targets(train.factors, *info)
-        val_t = factor_targets(val.factors, *info)
-    results = probe_layers(
+        train_t = probes.factor_targets(train.factors, *info)
+        val_t = probes.factor_targets(val.factors, *info)
+    results = probes.probe_layers(
         _Loaded({k: feats["train"].tables[k] for k in names}), train.labels,
         _Loaded({k: feats["val"].tables[k] for k in names}), val.labels,
         cfg.probe, progress=progress, train_t=train_t, val_t=val_t,
@@ -88,7 +88,8 @@ def probe_run(
     n_inv = min(len(val), cfg.probe.invariance_images)
     invariance = encoder_invariance(encoder, val.batch(torch.arange(n_inv)), layers=names)
     report = ProbeReport(
-        layers=results, invariance=invariance, chance=float(torch.bincount(val.labels).max()) / len(val),
+        layers=results, metrics=tuple(probe.metric for probe in probes.PROBES), invariance=invariance,
+        chance=float(torch.bincount(val.labels).max()) / len(val),
         n_train=len(train), n_val=len(val), n_invariance=n_inv, encoder=encoder.fingerprint(),
         width=encoder.config["width"], probe=to_dict(cfg.probe),
     )

@@ -9,7 +9,8 @@ the run's probes (features, caching, probes.json) are ``rcdm_viz.evaluation.prob
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,7 @@ from rcdm_viz.config import ProbeConfig, ProbeSolver
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.features import binarize
 from rcdm_viz.progress import tqdm
-from rcdm_viz.records import ProbeRow
+from rcdm_viz.records import Metric, ProbeRow
 
 # ---------------------------------------------------------------------------------------------- helpers
 
@@ -297,6 +298,43 @@ def factor_probe(
 # ------------------------------------------------------------------------------------------ per layer
 
 
+@dataclass(frozen=True)
+class Split:
+    """One layer's features and labels: train_x [N, D], train_y [N], val_x [M, D], val_y [M]."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A probe accuracy: how probes.json, the tables and the plots name it, and how it is measured
+    (None: skipped under this config). Adding a probe is one entry in PROBES."""
+
+    metric: Metric
+    measure: Callable[[Split, ProbeConfig], float | None]
+
+
+LINEAR = Metric("linear_acc", "linear", "linear")
+MLP = Metric("mlp_acc", "mlp", "MLP")
+KNN = Metric("knn_acc", "knn", "kNN (k=20)")
+BINARY = Metric("binary_acc", "binary", "linear, binarized")
+
+# In table order. They run in this order too: the probes share torch's RNG, so the order is part of the
+# result.
+PROBES: tuple[Probe, ...] = (
+    Probe(LINEAR, lambda d, cfg: linear_probe(d.train_x, d.train_y, d.val_x, d.val_y, cfg)),
+    Probe(MLP, lambda d, cfg: mlp_probe(d.train_x, d.train_y, d.val_x, d.val_y, cfg)
+          if cfg.mlp_epochs else None),
+    Probe(KNN, lambda d, cfg: knn_accuracy(d.train_x, d.train_y, d.val_x, d.val_y, cfg.knn_k,
+                                           cfg.knn_temperature)),
+    Probe(BINARY, lambda d, cfg: linear_probe(binarize(d.train_x), d.train_y, binarize(d.val_x), d.val_y,
+                                              cfg)),
+)
+
+
 def probe_layer(
     train_x: Tensor,
     train_y: Tensor,
@@ -307,11 +345,9 @@ def probe_layer(
     train_t: dict[str, Tensor] | None = None,
     val_t: dict[str, Tensor] | None = None,
 ) -> ProbeRow:
-    """Every probe of one layer: linear/MLP/kNN/binarized accuracy, sparsity, RankMe, factor R²."""
-    linear = linear_probe(train_x, train_y, val_x, val_y, cfg)  # in this order: the probes share the RNG
-    mlp = mlp_probe(train_x, train_y, val_x, val_y, cfg) if cfg.mlp_epochs > 0 else None
-    knn = knn_accuracy(train_x, train_y, val_x, val_y, cfg.knn_k, cfg.knn_temperature)
-    binary = linear_probe(binarize(train_x), train_y, binarize(val_x), val_y, cfg)
+    """Every probe of one layer: the accuracies of PROBES, sparsity, RankMe, factor R²."""
+    split = Split(train_x, train_y, val_x, val_y)
+    accuracies = {probe.metric.key: probe.measure(split, cfg) for probe in PROBES}
     factor_r2 = factor_ridge = None
     if train_t is not None and val_t is not None:
         factor_ridge = {}
@@ -319,7 +355,7 @@ def probe_layer(
             train_x, train_t, val_x, val_t, cfg.ridge, cfg.ridge_holdout, chosen=factor_ridge
         )
     return ProbeRow(
-        dim=int(train_x.shape[1]), linear_acc=linear, mlp_acc=mlp, knn_acc=knn, binary_acc=binary,
+        dim=int(train_x.shape[1]), accuracies={k: v for k, v in accuracies.items() if v is not None},
         sparsity=sparsity(val_x), rankme=rankme(train_x[: cfg.rankme_n]), factor_r2=factor_r2,
         factor_ridge=factor_ridge,
     )

@@ -32,22 +32,20 @@ from rcdm_viz.evaluation.gather import (  # noqa: E402
     gather_run,
     head_layer,
     markdown_table,
+    probe_metrics,
     run_label,
     seeds_note,
     width_series,
     write_csv,
 )
+from rcdm_viz.evaluation.probes import BINARY, LINEAR, MLP  # noqa: E402
 from rcdm_viz.layers import TRUNK  # noqa: E402
-from rcdm_viz.records import (
-    BINARY,
+from rcdm_viz.records import (  # noqa: E402
     CONSISTENCY,
     DIVERSITY,
     FACTOR_R2,
     FIDELITY,
-    LINEAR,
-    MLP,
     N_IMAGES,
-    PROBE_ACCURACIES,
     RETENTION_MEAN,
     RETRIEVAL,
 )
@@ -57,7 +55,6 @@ from rcdm_viz.runs import RunDir, atomic_write_bytes, atomic_write_text, write_j
 __all__ = ["compare_runs", "decoder_scores", "flat_rows", "gather_run", "markdown_table", "report_run",
            "width_series"]
 
-ACCURACIES = {metric.key: metric.label for metric in PROBE_ACCURACIES}
 DECODER_SCORES = {m.key: m.label for m in (CONSISTENCY, RETRIEVAL, RETENTION_MEAN, FIDELITY, DIVERSITY)}
 
 # ------------------------------------------------------------------------------------------- gathering
@@ -81,9 +78,10 @@ def plot_probe_accuracy(summary: dict, path: Path) -> Path | None:
     if not layers:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for key, label in ACCURACIES.items():
-        if all(key in summary["layers"][n] for n in layers):
-            ax.plot(layers, [100 * summary["layers"][n][key] for n in layers], marker="o", label=label)
+    for metric in probe_metrics([summary]):
+        if all(metric.key in summary["layers"][n] for n in layers):
+            ax.plot(layers, [100 * summary["layers"][n][metric.key] for n in layers], marker="o",
+                    label=metric.label)
     if summary.get("chance") is not None:
         ax.axhline(100 * summary["chance"], color="grey", ls="--", lw=1, label="chance")
     ax.set_xlabel("layer (shallow → deep; trunk = before the projector)")

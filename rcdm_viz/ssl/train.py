@@ -23,6 +23,7 @@ from rcdm_viz.data.views import make_views
 from rcdm_viz.encoders import Encoder, parse_head
 from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.footprint import require_fits
+from rcdm_viz.records import StepRecord
 from rcdm_viz.runs import (
     ALL_SECTIONS,
     ENCODER_DIR,
@@ -130,7 +131,7 @@ class OnlineProbes(nn.Module):
         return loss, torch.stack(acc).detach()
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SSLStep:
     """Everything one SSL optimisation step needs (model, probes prepared by accelerate)."""
 
@@ -216,7 +217,8 @@ def build_ssl_step(
         probes, probe_optimizer = accelerator.prepare(probe_module, probe_opt)
     if target is not None:
         accelerator.register_for_checkpointing(target)
-    step = SSLStep(accelerator, model, optimizer, scheduler, cfg, steps, target, probes, probe_optimizer)
+    step = SSLStep(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler, cfg=cfg,
+                   total_steps=steps, target=target, probes=probes, probe_optimizer=probe_optimizer)
     return step, accelerator.unwrap_model(model).encoder
 
 
@@ -322,10 +324,11 @@ def _step_on(
 def _record(step_fn: SSLStep, per_epoch: int) -> RecordFn:
     """The metrics record of an encoder training: step, epoch, lr, throughput and the last step's logs."""
 
-    def record(step: int, window: list[dict[str, float]], rate: float) -> dict:
+    def record(step: int, window: list[dict[str, float]], rate: float) -> StepRecord:
         lr = step_fn.scheduler.get_last_lr()[0]
-        epoch, processes = step / per_epoch, step_fn.accelerator.num_processes  # what the throughput ran on
-        rates = {"images_per_s": rate, "processes": processes}
-        return {"step": step, "epoch": epoch, "lr": lr, **rates, **window[-1]}
+        processes = step_fn.accelerator.num_processes  # what the throughput ran on
+        terms = dict(window[-1])
+        return StepRecord(step=step, epoch=step / per_epoch, lr=lr, images_per_s=rate, processes=processes,
+                          loss=terms.pop("loss"), terms=terms)
 
     return record

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from rcdm_viz.decoder.model import RCDMDecoder
-from rcdm_viz.errors import RcdmVizError
 from rcdm_viz.evaluation.conditioning import conditional_losses, format_losses
 
 TINY = dict(resolution=16, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8)

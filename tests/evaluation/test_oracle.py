@@ -77,3 +77,26 @@ def test_shape_kept_counts_the_samples_read_as_the_inputs_class():
     # the argmax decides, not the confidence: a hesitant reading of the right class still counts
     hesitant = torch.tensor([[0.3, 0.2, 0.31, 0.19]])
     assert shape_kept(hesitant, x) == 1.0
+
+
+def test_the_oracle_is_cached_with_its_record_and_an_unreadable_record_retrains(tmp_path):
+    import json
+
+    from rcdm_viz.evaluation.oracle import load_or_train_oracle
+    from rcdm_viz.records import OracleRecord
+    from rcdm_viz.runs import RunDir
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config("scores.oracle_n_train=32", "scores.oracle_steps=2", "scores.oracle_batch_size=8",
+                      "data.n_val=16")
+    run = RunDir(tmp_path / "run")
+    _, quality = load_or_train_oracle(cfg, run, 16)
+    record_path = run.root / "oracle" / "16px" / "config.json"
+    record = OracleRecord.from_json(json.loads(record_path.read_text()))
+    assert record.val_r2 == quality.r2 and record.val_shape_accuracy == quality.shape_accuracy
+    assert record.key["steps"] == 2
+    again = load_or_train_oracle(cfg, run, 16)[1]
+    assert again == quality
+    record_path.write_text('{"key": ')  # torn: a cache, so it is made again rather than a traceback
+    assert load_or_train_oracle(cfg, run, 16)[1] == quality
+    assert OracleRecord.from_json(json.loads(record_path.read_text())) == record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -96,6 +97,32 @@ def test_probe_run_writes_every_probe_for_every_layer(tiny_run):
     again = probe_run(cfg, run, progress=False)  # from the cache: identical numbers
     assert again.layers == result.layers and ProbeReport.from_json(on_disk) == result
     assert run.read_probes() == result
+
+
+def test_a_probe_added_to_the_registry_reaches_the_file_and_every_table(tiny_run, monkeypatch, tmp_path):
+    """Adding a probe is one entry in evaluation.probes.PROBES: probes.json, the CLI's table, the report's
+    Markdown table and its per-layer plot pick it up from the file."""
+    from rcdm_viz.evaluation import probes
+    from rcdm_viz.evaluation.gather import gather_run, markdown_table, probe_metrics
+    from rcdm_viz.evaluation.probe_run import format_table
+    from rcdm_viz.records import Metric
+
+    top2 = probes.Probe(Metric("top2_acc", "top2", "top-2"), lambda split, cfg: 0.75)
+    monkeypatch.setattr(probes, "PROBES", (*probes.PROBES, top2))
+    cfg, shared = tiny_run
+    shutil.copytree(shared.root, tmp_path / "run")  # the session's run keeps its probes.json
+    run = RunDir(tmp_path / "run")
+    report = probe_run(cfg, run, progress=False)
+    assert report.metrics[-1] == top2.metric and report.layers["trunk"].accuracy(top2.metric) == 0.75
+    monkeypatch.undo()  # the readers know the probe from the file alone
+    assert read_json(run.probes)["layers"]["head2"]["top2_acc"] == 0.75
+    assert run.read_probes() == report
+    table = format_table(run.read_probes())
+    assert "top2" in table.splitlines()[0] and "75.0%" in table.splitlines()[1]
+    summary = gather_run(run)
+    assert probe_metrics([summary])[-1] == top2.metric
+    header, _, trunk, *_ = markdown_table([summary]).splitlines()
+    assert "| top-2 |" in header and "| 75.0% |" in trunk
 
 
 def test_probe_errors(tiny_run, tmp_path):
