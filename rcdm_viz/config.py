@@ -45,7 +45,7 @@ __all__ = [  # the choices live in rcdm_viz.choices; importing them from here ke
 PRESETS_DIR = Path(str(resources.files("rcdm_viz").joinpath("presets")))
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Training/validation images."""
 
@@ -64,7 +64,7 @@ class DataConfig:
         })
 
 
-@dataclass
+@dataclass(frozen=True)
 class EncoderConfig:
     """Trunk + projector (docs/DESIGN.md, "Definitions": "Widened trunk", "Projector")."""
 
@@ -78,7 +78,7 @@ class EncoderConfig:
         check_fields("encoder", self, {"width": at_least(1), "base_width": at_least(1)})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViewsConfig:
     """SSL augmentations (BYOL/VICReg recipe; E/N: crop, flip, colour jitter, grayscale, solarize)."""
 
@@ -113,7 +113,7 @@ class ViewsConfig:
         need(self.blur_reference_side is None or self.blur_reference_side >= 1, "blur_reference_side")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SSLConfig:
     """Encoder training (E/N appendix: batch 512, 100 epochs)."""
 
@@ -154,7 +154,7 @@ class SSLConfig:
         })
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProbeConfig:
     """Probes on frozen features (E/N: linear probe by AdamW, lr 1e-4, wd 0.04, batch 1024, 100 epochs)."""
 
@@ -191,7 +191,7 @@ class ProbeConfig:
             raise RcdmVizError(f"bad value {self.ridge_holdout!r} for 'probe.ridge_holdout' (in (0, 1))")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DecoderConfig:
     """RCDM decoder (RCDM at 128 px: 256 channels, 2 res blocks, attention 32/16/8, 1000 linear steps)."""
 
@@ -248,7 +248,7 @@ class DecoderConfig:
         })
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleConfig:
     """Sampling grids."""
 
@@ -267,7 +267,7 @@ class SampleConfig:
         })
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoresConfig:
     """Decoder scores per layer (docs/DESIGN.md, "Invariance scores") and the factor oracle they use."""
 
@@ -285,7 +285,7 @@ class ScoresConfig:
         })
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuickstartConfig:
     """The one-command demo on synthetic scenes."""
 
@@ -297,7 +297,7 @@ class QuickstartConfig:
         check_fields("quickstart", self, {"n_images": at_least(1)})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     """The whole resolved configuration of a run."""
 
