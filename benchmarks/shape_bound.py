@@ -40,10 +40,11 @@ from rcdm_viz.training import make_accelerator
 LAYER = "label"
 
 
-def kept(oracle: FactorOracle, samples: torch.Tensor, scenes: torch.Tensor) -> float:
-    """Mean shape kept over scenes: samples [B, n, 3, H, W] against scenes [B, 3, H, W]."""
-    _, x_probs = oracle.read(scenes)
-    return sum(shape_kept(oracle.read(s)[1], x_probs[i : i + 1]) for i, s in enumerate(samples)) / len(scenes)
+def kept(oracle: FactorOracle, samples: torch.Tensor, x_probs: torch.Tensor) -> float:
+    """Mean shape kept over scenes: samples [B, n, 3, H, W] against the oracle's reading of the scenes
+    [B, C]."""
+    per_scene = [shape_kept(oracle.read(s)[1], x_probs[i : i + 1]) for i, s in enumerate(samples)]
+    return sum(per_scene) / len(per_scene)
 
 
 def main() -> None:
@@ -64,13 +65,14 @@ def main() -> None:
     train = load_images(cfg.data, "train", n=cfg.data.n_train, progress=False)
     val = load_images(cfg.data, "val", n=n_scenes, progress=False)
     scenes, told = val.batch(torch.arange(n_scenes)), F.one_hot(val.labels, len(SHAPES)).float()
-    ceiling = float((oracle.read(scenes)[1].argmax(1) == val.labels).float().mean())
+    x_probs = oracle.read(scenes)[1]
+    ceiling = float((x_probs.argmax(1) == val.labels).float().mean())
     print(f"oracle: validation shape accuracy {quality.shape_accuracy:.3f}; on these scenes {ceiling:.3f}")
 
     accelerator, init = make_accelerator(cfg.decoder.precision), resolve_init(args.prior)
     step_fn = make_decoder_step(cfg.decoder, {LAYER: len(SHAPES)}, None, accelerator, init=init)
     with step_fn.ema_weights() as decoder:
-        base = kept(oracle, sample(decoder, told, n, steps=ddim, seed=12345), scenes)
+        base = kept(oracle, sample(decoder, told, n, steps=ddim, seed=12345), x_probs)
     gen = torch.Generator().manual_seed(cfg.decoder.seed)
     start = time.perf_counter()
     for step in range(1, steps + 1):
@@ -81,7 +83,7 @@ def main() -> None:
     print(f"step 0 (the prior, told nothing): shape kept {base:.3f} (chance {1 / len(SHAPES):.3f})")
     with step_fn.ema_weights() as decoder:
         for guidance in (1.0, 3.0):
-            ours = kept(oracle, sample(decoder, told, n, steps=ddim, guidance=guidance, seed=12345), scenes)
+            ours = kept(oracle, sample(decoder, told, n, steps=ddim, guidance=guidance, seed=12345), x_probs)
             print(f"step {steps}, told the class, guidance {guidance:g}: shape kept {ours:.3f}")
     print(f"ratio: {ours / max(ceiling, 1e-9):.3f}")
 
